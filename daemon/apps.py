@@ -1,0 +1,212 @@
+"""The app plugin API: what a room app declares and the context its handlers act through.
+
+The engine knows rooms, sessions, the WebRTC relay and the store; it knows nothing of
+chat. An app adds typed room metadata, typed per-session metadata, its own request and
+event types (merged into the decoders at start-up), its part of the participant view,
+and handlers. Handlers never do I/O: they act through a ``Context``, which turns what
+they do into effects, so app rules are as testable as the engine's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from daemon.effects import ConnId, Effect, Persist, Query, Send
+from daemon.records import AppendLog, LogEntry, PutRoom
+from protocol import ErrorCode, Event, ProtocolError, Request
+from protocol.messages import Error, Hello, Ok, ParticipantUpdated
+
+if TYPE_CHECKING:
+    from daemon.engine import Engine, Room, Session
+
+RoomMetaT = TypeVar("RoomMetaT", bound=msgspec.Struct)
+SessionMetaT = TypeVar("SessionMetaT")
+
+
+class App(Generic[RoomMetaT, SessionMetaT]):
+    """Base class of room apps. Subclass it, set the class attributes, override the hooks."""
+
+    name: ClassVar[str]
+    """The app's name on the wire (``RoomInfo.app``) and in the store."""
+    room_meta_type: ClassVar[type[msgspec.Struct]]
+    """The Struct type of the room metadata; stored as JSON, so fields only ever get added."""
+    requests: ClassVar[tuple[type[Request], ...]] = ()
+    events: ClassVar[tuple[type[Event], ...]] = ()
+
+    def create_room(self, options: dict[str, Any] | None, *, creator: str | None) -> RoomMetaT:
+        """Return the metadata of a new room from admin options (None when auto-created).
+
+        Raises ProtocolError (bad-request) for invalid options.
+        """
+        try:
+            meta: RoomMetaT = msgspec.convert(  # type: ignore[assignment]
+                options or {}, self.room_meta_type
+            )
+        except msgspec.ValidationError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid room options: {exc}") from None
+        return meta
+
+    def admit(self, ctx: Context, hello: Hello) -> SessionMetaT:
+        """Return the metadata of a session entering the room. Raises ProtocolError to refuse."""
+        raise NotImplementedError
+
+    def participant_view(self, meta: SessionMetaT) -> Any:
+        """Return the app's part of the participant view (``Participant.meta``)."""
+        return meta
+
+    def room_view(self, meta: RoomMetaT) -> Any:
+        """Return the app's part of the room view (``RoomInfo.meta``)."""
+        return meta
+
+    def handle(self, ctx: Context, request: Request) -> None:
+        """Handle one of the app's requests. Raises ProtocolError to answer with an error."""
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{_tag(request)} is not supported in this room")
+
+    def encode_room_meta(self, meta: RoomMetaT) -> bytes:
+        return msgspec.json.encode(meta)
+
+    def decode_room_meta(self, data: bytes) -> RoomMetaT:
+        meta: RoomMetaT = msgspec.json.decode(  # type: ignore[assignment]
+            data, type=self.room_meta_type
+        )
+        return meta
+
+
+def _tag(request: Request) -> str:
+    return str(type(request).__struct_config__.tag)
+
+
+class Context:
+    """What a handler may do: read its room and session, reply, broadcast, persist, query.
+
+    Effects accumulate in ``effects``; the engine returns them. Callbacks given to
+    ``persist`` and ``query`` run later in a fresh context of the same room, session and
+    request, so recipients and state are those of the moment they run.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        room: Room,
+        session: Session | None,
+        ref: str | None,
+        now: float,
+        *,
+        conn: ConnId | None = None,
+    ) -> None:
+        self.engine = engine
+        self.room = room
+        self.session = session
+        self.ref = ref
+        self.now = now
+        self.conn = conn  # where replies go when there is no session (admin requests)
+        self.effects: list[Effect] = []
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def room_meta(self) -> Any:
+        return self.room.meta
+
+    @property
+    def session_meta(self) -> Any:
+        if self.session is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "this request needs a session")
+        return self.session.meta
+
+    def visible_count(self) -> int:
+        """Return how many participants (not hidden observers) the room has."""
+        return self.room.visible_count()
+
+    # --- answering -------------------------------------------------------------------------
+
+    def reply(self, frame: Event) -> None:
+        """Send ``frame`` to the requesting connection, if it is still connected."""
+        conn = self.session.conn if self.session is not None else self.conn
+        if conn is not None:
+            self.effects.append(Send((conn,), frame))
+
+    def ok(self, seq: int | None = None) -> None:
+        """Acknowledge the request; only requests that carry a ``ref`` get an ``ok``."""
+        if self.ref is not None:
+            self.reply(Ok(ref=self.ref, seq=seq))
+
+    def error(self, code: ErrorCode, message: str) -> None:
+        self.reply(Error(ref=self.ref, code=code, message=message))
+
+    def broadcast(self, frame: Event, *, exclude_self: bool = False) -> None:
+        """Send ``frame`` to every connected session of the room (observers included)."""
+        skip = self.session.id if (exclude_self and self.session is not None) else None
+        to: tuple[ConnId, ...] = self.room.connections(exclude=skip)
+        if to:
+            self.effects.append(Send(to, frame))
+
+    # --- changing state --------------------------------------------------------------------
+
+    def set_session_meta(self, meta: Any, *, announce: bool = True) -> None:
+        """Replace this session's metadata; ``announce`` broadcasts ``participant-updated``."""
+        if self.session is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "this request needs a session")
+        self.session.meta = meta
+        if announce and not self.session.hidden:
+            self.broadcast(ParticipantUpdated(participant=self.engine.view(self.session)))
+
+    def set_room_meta(self, meta: Any) -> PutRoom:
+        """Replace the room's metadata in memory; return the write that stores it."""
+        self.room.meta = meta
+        return self.engine.room_record(self.room)
+
+    def allocate_seq(self) -> int:
+        """Reserve the room's next log sequence number."""
+        self.room.next_seq += 1
+        return self.room.next_seq
+
+    def log_entry(self, seq: int, body: bytes) -> AppendLog:
+        return AppendLog(room=self.room.name, seq=seq, at=self.now, body=body)
+
+    def persist(self, *writes: Any, then: Callable[[Context], None] | None = None) -> None:
+        """Store ``writes`` in one transaction; call ``then`` with a fresh context after commit.
+
+        If the commit fails, the requester gets an ``internal`` error instead.
+        """
+        room, session, ref, conn = self.room, self.session, self.ref, self.conn
+        engine = self.engine
+        log_seqs = [w.seq for w in writes if isinstance(w, AppendLog)]
+
+        def on_commit() -> list[Effect]:
+            if log_seqs:
+                room.last_seq = max(room.last_seq, *log_seqs)
+            if then is None:
+                return []
+            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+            then(ctx)
+            return ctx.effects
+
+        def on_failure(exc: BaseException) -> list[Effect]:
+            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+            ctx.error(ErrorCode.INTERNAL, "the store failed to save this; it was not applied")
+            return ctx.effects
+
+        self.effects.append(Persist(tuple(writes), on_commit, on_failure))
+
+    def query(
+        self,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        respond: Callable[[Context, list[LogEntry]], None],
+    ) -> None:
+        """Read a page of the room's log; ``respond`` gets a fresh context and the entries."""
+        room, session, ref, conn = self.room, self.session, self.ref, self.conn
+        engine = self.engine
+
+        def on_entries(entries: list[Any]) -> list[Effect]:
+            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+            respond(ctx, entries)
+            return ctx.effects
+
+        self.effects.append(Query(room.name, after, before, limit, on_entries))

@@ -1,0 +1,174 @@
+"""The built-in chat app: names, statuses, messages, topic, pins and participant limits.
+
+Written only against the app API (``daemon.apps``), as any third-party app would be.
+Messages live in the room's log (one entry per message, body in MessagePack); topic,
+pins, creator and the participant limit are the room's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from daemon.apps import App, Context
+from daemon.records import LogEntry
+from protocol import ErrorCode, ProtocolError, Request
+from protocol.chat import (
+    CHAT_EVENTS,
+    CHAT_REQUESTS,
+    MAX_PINS,
+    ChatMessage,
+    ChatParticipantMeta,
+    ChatRoomMeta,
+    GetMessages,
+    MessagePosted,
+    Messages,
+    Pin,
+    PinsChanged,
+    SendMessage,
+    SetName,
+    SetStatus,
+    SetTopic,
+    TopicChanged,
+    Unpin,
+)
+from protocol.messages import Hello
+
+DEFAULT_NAME = "guest"
+
+_encode_message = msgspec.msgpack.Encoder().encode
+_decode_message = msgspec.msgpack.Decoder(ChatMessage).decode
+
+
+class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
+    """Rooms where participants chat; the default app of ``roomctl serve``."""
+
+    name = "chat"
+    room_meta_type = ChatRoomMeta
+    requests = CHAT_REQUESTS
+    events = CHAT_EVENTS
+
+    def create_room(self, options: dict[str, Any] | None, *, creator: str | None) -> ChatRoomMeta:
+        meta = super().create_room(options, creator=creator)
+        if meta.creator is None and creator is not None:
+            meta = msgspec.structs.replace(meta, creator=creator)
+        return meta
+
+    def admit(self, ctx: Context, hello: Hello) -> ChatParticipantMeta:
+        limit = ctx.room_meta.max_participants
+        if limit is not None and not hello.hidden and ctx.visible_count() >= limit:
+            raise ProtocolError(ErrorCode.ROOM_FULL, f"the room is full ({limit} participants)")
+        return ChatParticipantMeta(name=hello.name or DEFAULT_NAME)
+
+    def handle(self, ctx: Context, request: Request) -> None:
+        handler = _HANDLERS.get(type(request))
+        if handler is None:
+            super().handle(ctx, request)
+        else:
+            handler(ctx, request)
+
+
+def _set_name(ctx: Context, request: Request) -> None:
+    assert isinstance(request, SetName)
+    ctx.set_session_meta(msgspec.structs.replace(ctx.session_meta, name=request.name))
+    ctx.ok()
+
+
+def _set_status(ctx: Context, request: Request) -> None:
+    assert isinstance(request, SetStatus)
+    meta = msgspec.structs.replace(ctx.session_meta, status=request.status,
+                                   status_text=request.text)
+    ctx.set_session_meta(meta)
+    ctx.ok()
+
+
+def _send_message(ctx: Context, request: Request) -> None:
+    assert isinstance(request, SendMessage)
+    assert ctx.session is not None
+    sender: ChatParticipantMeta = ctx.session_meta
+    message = ChatMessage(
+        seq=ctx.allocate_seq(),
+        at=ctx.now,
+        sender_id=ctx.session.id,
+        sender_name=sender.name,
+        text=request.text,
+    )
+    # The count is part of the participant view, but announcing it per message would
+    # double the room's traffic; clients see it in participant lists.
+    ctx.set_session_meta(
+        msgspec.structs.replace(sender, messages_sent=sender.messages_sent + 1), announce=False
+    )
+
+    def posted(after: Context) -> None:
+        after.ok(seq=message.seq)
+        after.broadcast(MessagePosted(message=message))
+
+    ctx.persist(ctx.log_entry(message.seq, _encode_message(message)), then=posted)
+
+
+def _get_messages(ctx: Context, request: Request) -> None:
+    assert isinstance(request, GetMessages)
+    limit = request.limit
+
+    def respond(after: Context, entries: list[LogEntry]) -> None:
+        has_more = len(entries) > limit
+        if has_more:
+            # One extra entry was read to learn whether the page is cut; drop it from the
+            # far end: the newest when paging forward, the oldest when paging backward.
+            entries = entries[:limit] if request.after is not None else entries[-limit:]
+        messages = [_decode_message(e.body) for e in entries]
+        after.reply(Messages(ref=after.ref, messages=messages, has_more=has_more))
+
+    ctx.query(after=request.after, before=request.before, limit=limit + 1, respond=respond)
+
+
+def _set_topic(ctx: Context, request: Request) -> None:
+    assert isinstance(request, SetTopic)
+    by = ctx.session.id if ctx.session is not None else None
+    write = ctx.set_room_meta(msgspec.structs.replace(ctx.room_meta, topic=request.topic))
+
+    def changed(after: Context) -> None:
+        after.ok()
+        after.broadcast(TopicChanged(topic=request.topic, by=by))
+
+    ctx.persist(write, then=changed)
+
+
+def _pin(ctx: Context, request: Request) -> None:
+    assert isinstance(request, Pin | Unpin)
+    meta: ChatRoomMeta = ctx.room_meta
+    pins = list(meta.pins)
+    if isinstance(request, Pin):
+        if request.seq > ctx.room.last_seq:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no message {request.seq} in this room")
+        if request.seq in pins:
+            ctx.ok()
+            return
+        if len(pins) >= MAX_PINS:
+            raise ProtocolError(ErrorCode.CONFLICT, f"a room holds at most {MAX_PINS} pins")
+        pins = sorted([*pins, request.seq])
+    else:
+        if request.seq not in pins:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"message {request.seq} is not pinned")
+        pins.remove(request.seq)
+    by = ctx.session.id if ctx.session is not None else None
+    write = ctx.set_room_meta(msgspec.structs.replace(meta, pins=pins))
+
+    def changed(after: Context) -> None:
+        after.ok()
+        after.broadcast(PinsChanged(pins=pins, by=by))
+
+    ctx.persist(write, then=changed)
+
+
+_HANDLERS: dict[type, Callable[[Context, Request], None]] = {
+    SetName: _set_name,
+    SetStatus: _set_status,
+    SendMessage: _send_message,
+    GetMessages: _get_messages,
+    SetTopic: _set_topic,
+    Pin: _pin,
+    Unpin: _pin,
+}

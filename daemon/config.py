@@ -1,0 +1,70 @@
+"""Daemon configuration and the files it keeps in its data directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.limits import MAX_FRAME_BYTES
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8750
+DB_FILE = "roomctl.db"
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def default_data_dir() -> Path:
+    """Return ``$XDG_STATE_HOME/roomctl``, or ``~/.local/state/roomctl`` without it."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "roomctl"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``serve`` needs; the CLI builds it from options and ``ROOMCTL_*`` variables."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    # Keep rooms and messages in memory; the data dir then holds only the admin token.
+    memory: bool = False
+    grace: float = 60.0  # seconds a dropped participant stays before it leaves
+    auto_create: bool = True  # a hello to an unknown room creates it
+    handshake_timeout: float = 10.0  # from TCP accept to a valid hello
+    head_timeout: float = 10.0  # to receive an HTTP request head
+    max_head_bytes: int = 16 * 1024
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    outbound_queue: int = 512  # frames queued per connection before it counts as too slow
+    max_bad_frames: int = 20  # bad frames tolerated per connection before it is closed (1008)
+    shutdown_timeout: float = 5.0  # how long clients get to see the 1001 close on shutdown
+
+    @property
+    def db_path(self) -> Path | None:
+        return None if self.memory else self.data_dir / DB_FILE
+
+
+def ensure_admin_token(data_dir: Path) -> str:
+    """Return the admin token kept in ``data_dir``, creating it (mode 0600) on first start."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / ADMIN_TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def read_admin_token(data_dir: Path) -> str | None:
+    """Return the admin token in ``data_dir``, or None when there is none to read."""
+    try:
+        return (data_dir / ADMIN_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,537 @@
+"""The room engine: rooms, sessions, participants and the WebRTC relay, with no I/O.
+
+Theory of operation
+-------------------
+Inputs are calls: a connection said ``hello`` (``hello``), a decoded request arrived
+(``request``, or ``admin`` on the admin endpoint), a connection dropped (``disconnect``),
+a timer fired (``timer_fired``). Each takes ``now`` and returns a list of effects
+(``daemon.effects``) that the server applies in order: send frames, close connections,
+persist records, query the log, start or cancel timers. Nothing here awaits, so each
+call is atomic under trio's scheduler without locks, and every rule is testable
+without sockets or clocks.
+
+A session belongs to one room. While its connection is up it is *live*; when the
+connection drops, the participant stays, marked not live, for ``grace`` seconds, and a
+``hello`` carrying its resume token in that window reattaches the same session: no
+leave/join churn, and its mesh edges (WebRTC peer connections) are kept. Hidden sessions
+(observers) never appear as participants, never enter the mesh, and end on disconnect.
+
+Room behaviour beyond that belongs to the room's app (``daemon.apps``): its requests are
+dispatched to ``App.handle`` through a ``Context``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.apps import App, Context
+from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Send, StartTimer, TimerKey
+from daemon.records import DeleteRoom as DeleteRoomRecord
+from daemon.records import PutRoom, StoredRoom
+from protocol import CloseCode, ErrorCode, ProtocolError, Request
+from protocol import admin as adm
+from protocol.messages import (
+    AddPeer,
+    Error,
+    GetParticipants,
+    Hello,
+    IceCandidateRelayed,
+    Join,
+    MediaState,
+    Part,
+    Participant,
+    ParticipantJoined,
+    ParticipantLeft,
+    Participants,
+    ParticipantUpdated,
+    RelayIceCandidate,
+    RelaySessionDescription,
+    RemovePeer,
+    RoomInfo,
+    SessionDescriptionRelayed,
+    SetMediaState,
+    Welcome,
+)
+
+DEFAULT_GRACE = 60.0
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    room: Room
+    resume_token: str
+    hidden: bool
+    joined_at: float
+    meta: Any
+    conn: ConnId | None = None
+    in_call: bool = False
+    media: MediaState = field(default_factory=MediaState)
+    # Mesh edges: the ids this session has (or is setting up) a peer connection with.
+    peers: set[str] = field(default_factory=set)
+
+    @property
+    def live(self) -> bool:
+        return self.conn is not None
+
+
+@dataclass(eq=False)
+class Room:
+    name: str
+    app: App[Any, Any]
+    created_at: float
+    meta: Any
+    last_seq: int = 0  # highest committed log sequence number
+    next_seq: int = 0  # highest allocated one (>= last_seq; allocated before commit)
+    sessions: dict[str, Session] = field(default_factory=dict)
+
+    def connections(self, exclude: str | None = None) -> tuple[ConnId, ...]:
+        return tuple(
+            s.conn for s in self.sessions.values() if s.conn is not None and s.id != exclude
+        )
+
+    def visible(self) -> list[Session]:
+        return [s for s in self.sessions.values() if not s.hidden]
+
+    def visible_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if not s.hidden)
+
+
+def grace_timer(session_id: str) -> TimerKey:
+    return ("grace", session_id)
+
+
+class Engine:
+    """All room state of one daemon. See the module docstring for how it is driven."""
+
+    def __init__(
+        self,
+        apps: Sequence[App[Any, Any]],
+        *,
+        grace: float = DEFAULT_GRACE,
+        auto_create: bool = True,
+        default_app: str | None = None,
+        server: str = "roomctl",
+        new_id: Callable[[], str] | None = None,
+        new_token: Callable[[], str] | None = None,
+    ) -> None:
+        if not apps:
+            raise ValueError("the engine needs at least one app")
+        self.apps: dict[str, App[Any, Any]] = {}
+        for app in apps:
+            if app.name in self.apps:
+                raise ValueError(f"two apps are named {app.name!r}")
+            self.apps[app.name] = app
+        self.default_app = self.apps[default_app or apps[0].name]
+        self.grace = grace
+        self.auto_create = auto_create
+        self.server = server
+        self._new_id = new_id or (lambda: secrets.token_hex(6))
+        self._new_token = new_token or (lambda: secrets.token_urlsafe(24))
+        self.rooms: dict[str, Room] = {}
+        self.conns: dict[ConnId, Session] = {}
+        self._by_token: dict[str, Session] = {}
+        self._session_ids: set[str] = set()
+        self.last_now = 0.0
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def restore(self, stored: Iterable[StoredRoom]) -> None:
+        """Load rooms from the store at start-up. Rooms of unknown apps are skipped."""
+        for rec in stored:
+            app = self.apps.get(rec.app)
+            if app is None:
+                continue
+            self.rooms[rec.name] = Room(
+                name=rec.name,
+                app=app,
+                created_at=rec.created_at,
+                meta=app.decode_room_meta(rec.meta),
+                last_seq=rec.last_seq,
+                next_seq=rec.last_seq,
+            )
+
+    # --- views ---------------------------------------------------------------------------
+
+    def view(self, session: Session) -> Participant:
+        """Return the participant view of ``session``."""
+        return Participant(
+            id=session.id,
+            live=session.live,
+            joined_at=session.joined_at,
+            in_call=session.in_call,
+            media=session.media,
+            meta=session.room.app.participant_view(session.meta),
+        )
+
+    def room_info(self, room: Room) -> RoomInfo:
+        return RoomInfo(
+            name=room.name,
+            app=room.app.name,
+            created_at=room.created_at,
+            participants=room.visible_count(),
+            last_seq=room.last_seq,
+            meta=room.app.room_view(room.meta),
+        )
+
+    def participants(self, room: Room) -> list[Participant]:
+        return [self.view(s) for s in room.visible()]
+
+    def room_record(self, room: Room) -> PutRoom:
+        """Return the store write that saves ``room`` (not its log)."""
+        return PutRoom(
+            name=room.name,
+            app=room.app.name,
+            created_at=room.created_at,
+            meta=room.app.encode_room_meta(room.meta),
+        )
+
+    def request_types(self) -> tuple[type[Request], ...]:
+        """Return every app's request types, for the room endpoint's decoder."""
+        return tuple(t for app in self.apps.values() for t in app.requests)
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def hello(self, conn: ConnId, room_name: str, hello: Hello, now: float) -> list[Effect]:
+        """A connection to ``room_name`` said hello: welcome it, or answer with an error.
+
+        After an error the connection has no session and may try ``hello`` again, except
+        for an unknown room, which also closes it.
+        """
+        self.last_now = now
+        if conn in self.conns:
+            return [Send((conn,), Error(ref=hello.ref, code=ErrorCode.CONFLICT,
+                                        message="this connection already said hello"))]
+        effects: list[Effect] = []
+        room = self.rooms.get(room_name)
+        if room is None:
+            if not self.auto_create:
+                return [
+                    Send((conn,), Error(ref=hello.ref, code=ErrorCode.NOT_FOUND,
+                                        message=f"no room named {room_name!r}")),
+                    Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room"),
+                ]
+            app = self.default_app
+            room = Room(
+                name=room_name,
+                app=app,
+                created_at=now,
+                meta=app.create_room(None, creator=hello.name),
+            )
+            self.rooms[room_name] = room
+            effects.append(Persist((self.room_record(room),)))
+        try:
+            if hello.resume is not None:
+                effects += self._resume(conn, room, hello, now)
+            else:
+                effects += self._admit(conn, room, hello, now)
+        except ProtocolError as exc:
+            effects.append(Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)))
+        return effects
+
+    def request(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """A request arrived on a connection that has a session."""
+        self.last_now = now
+        session = self.conns.get(conn)
+        if session is None:
+            return [Send((conn,), Error(ref=request.ref, code=ErrorCode.BAD_REQUEST,
+                                        message="say hello first"))]
+        ctx = Context(self, session.room, session, request.ref, now, conn=conn)
+        try:
+            handler = self._core_handlers.get(type(request))
+            if handler is not None:
+                handler(self, ctx, request)
+            elif type(request) in session.room.app.requests:
+                session.room.app.handle(ctx, request)
+            elif isinstance(request, Hello):
+                raise ProtocolError(ErrorCode.CONFLICT, "this connection already said hello")
+            else:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f"{type(request).__struct_config__.tag} is not supported in this room",
+                )
+        except ProtocolError as exc:
+            ctx.effects.append(Send((conn,), Error(ref=request.ref, code=exc.code,
+                                                   message=exc.message)))
+        return ctx.effects
+
+    def disconnect(self, conn: ConnId, now: float) -> list[Effect]:
+        """A connection ended. Its participant stays, not live, for the grace period."""
+        self.last_now = now
+        session = self.conns.pop(conn, None)
+        if session is None or session.conn != conn:
+            return []
+        session.conn = None
+        if session.hidden:
+            return self._remove(session, reason="left", now=now)
+        ctx = Context(self, session.room, session, None, now)
+        ctx.broadcast(ParticipantUpdated(participant=self.view(session)), exclude_self=True)
+        ctx.effects.append(StartTimer(grace_timer(session.id), now + self.grace))
+        return ctx.effects
+
+    def timer_fired(self, key: TimerKey, now: float) -> list[Effect]:
+        """A timer started by a ``StartTimer`` effect is due."""
+        self.last_now = now
+        kind, session_id = key
+        if kind != "grace":
+            return []
+        for room in self.rooms.values():
+            session = room.sessions.get(session_id)
+            if session is not None and not session.live:
+                return self._remove(session, reason="timeout", now=now)
+        return []
+
+    def admin(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """A request on the (already authenticated) admin endpoint."""
+        self.last_now = now
+        try:
+            return self._admin(conn, request, now)
+        except ProtocolError as exc:
+            return [Send((conn,), Error(ref=request.ref, code=exc.code, message=exc.message))]
+
+    # --- sessions --------------------------------------------------------------------------
+
+    def _welcome(self, session: Session, ref: str | None, resumed: bool) -> Welcome:
+        return Welcome(
+            ref=ref,
+            session_id=session.id,
+            resume_token=session.resume_token,
+            resumed=resumed,
+            room=self.room_info(session.room),
+            participants=self.participants(session.room),
+            grace=self.grace,
+            server=self.server,
+        )
+
+    def _admit(self, conn: ConnId, room: Room, hello: Hello, now: float) -> list[Effect]:
+        ctx = Context(self, room, None, hello.ref, now, conn=conn)
+        meta = room.app.admit(ctx, hello)
+        session_id = self._new_id()
+        while session_id in self._session_ids:
+            session_id = self._new_id()
+        session = Session(
+            id=session_id,
+            room=room,
+            resume_token=self._new_token(),
+            hidden=hello.hidden,
+            joined_at=now,
+            meta=meta,
+            conn=conn,
+        )
+        room.sessions[session.id] = session
+        self.conns[conn] = session
+        self._by_token[session.resume_token] = session
+        self._session_ids.add(session.id)
+        ctx.session = session
+        ctx.reply(self._welcome(session, hello.ref, resumed=False))
+        if not session.hidden:
+            ctx.broadcast(ParticipantJoined(participant=self.view(session)), exclude_self=True)
+        return ctx.effects
+
+    def _resume(self, conn: ConnId, room: Room, hello: Hello, now: float) -> list[Effect]:
+        session = self._by_token.get(hello.resume or "")
+        if session is None or session.room is not room:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND,
+                "resume token unknown or expired; say hello without it to start a new session",
+            )
+        effects: list[Effect] = []
+        if session.conn is not None:
+            self.conns.pop(session.conn, None)
+            effects.append(Close(session.conn, CloseCode.SESSION_RESUMED,
+                                 "session resumed on another connection"))
+        else:
+            effects.append(CancelTimer(grace_timer(session.id)))
+        session.conn = conn
+        self.conns[conn] = session
+        ctx = Context(self, room, session, hello.ref, now, conn=conn)
+        ctx.effects = effects
+        ctx.reply(self._welcome(session, hello.ref, resumed=True))
+        if not session.hidden:
+            ctx.broadcast(ParticipantUpdated(participant=self.view(session)), exclude_self=True)
+        if session.in_call:
+            # Peers that entered the mesh while this one was away have no edge to it yet.
+            for other in room.sessions.values():
+                if other is not session and other.in_call and other.live \
+                        and other.id not in session.peers:
+                    self._connect_peers(ctx, offerer=session, answerer=other)
+        return ctx.effects
+
+    def _remove(self, session: Session, *, reason: str, now: float) -> list[Effect]:
+        room = session.room
+        room.sessions.pop(session.id, None)
+        self._by_token.pop(session.resume_token, None)
+        self._session_ids.discard(session.id)
+        if session.conn is not None:
+            self.conns.pop(session.conn, None)
+        ctx = Context(self, room, None, None, now)
+        self._drop_edges(ctx, session)
+        if not session.hidden:
+            ctx.broadcast(ParticipantLeft(participant_id=session.id, reason=reason))  # type: ignore[arg-type]
+        return ctx.effects
+
+    # --- the mesh --------------------------------------------------------------------------
+
+    @staticmethod
+    def _connect_peers(ctx: Context, *, offerer: Session, answerer: Session) -> None:
+        offerer.peers.add(answerer.id)
+        answerer.peers.add(offerer.id)
+        for to, peer, offer in ((answerer, offerer, False), (offerer, answerer, True)):
+            if to.conn is not None:
+                ctx.effects.append(
+                    Send((to.conn,), AddPeer(peer_id=peer.id, should_create_offer=offer))
+                )
+
+    @staticmethod
+    def _drop_edges(ctx: Context, session: Session) -> None:
+        for peer_id in sorted(session.peers):
+            other = session.room.sessions.get(peer_id)
+            if other is None:
+                continue
+            other.peers.discard(session.id)
+            if other.conn is not None:
+                ctx.effects.append(Send((other.conn,), RemovePeer(peer_id=session.id)))
+            if session.conn is not None:
+                ctx.effects.append(Send((session.conn,), RemovePeer(peer_id=other.id)))
+        session.peers.clear()
+
+    def _join(self, ctx: Context, request: Request) -> None:
+        session = self._participant(ctx)
+        if not session.in_call:
+            session.in_call = True
+            # The newcomer offers to everyone already in the call (as in the seed design).
+            for other in session.room.sessions.values():
+                if other is not session and other.in_call and other.live:
+                    self._connect_peers(ctx, offerer=session, answerer=other)
+            ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
+        ctx.ok()
+
+    def _part(self, ctx: Context, request: Request) -> None:
+        session = self._participant(ctx)
+        if session.in_call:
+            session.in_call = False
+            self._drop_edges(ctx, session)
+            ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
+        ctx.ok()
+
+    def _relay(self, ctx: Context, request: Request) -> None:
+        assert isinstance(request, RelayIceCandidate | RelaySessionDescription)
+        session = self._participant(ctx)
+        target = session.room.sessions.get(request.peer_id)
+        if target is None or target.hidden or target is session:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no peer {request.peer_id!r} in this room")
+        if target.conn is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"peer {request.peer_id!r} is reconnecting")
+        frame: IceCandidateRelayed | SessionDescriptionRelayed
+        if isinstance(request, RelayIceCandidate):
+            frame = IceCandidateRelayed(peer_id=session.id, candidate=request.candidate)
+        else:
+            frame = SessionDescriptionRelayed(peer_id=session.id, description=request.description)
+        ctx.effects.append(Send((target.conn,), frame))
+        ctx.ok()
+
+    def _set_media_state(self, ctx: Context, request: Request) -> None:
+        assert isinstance(request, SetMediaState)
+        session = self._participant(ctx)
+        media = MediaState(audio_muted=request.audio_muted, video_muted=request.video_muted)
+        if media != session.media:
+            session.media = media
+            ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
+        ctx.ok()
+
+    def _get_participants(self, ctx: Context, request: Request) -> None:
+        ctx.reply(Participants(ref=ctx.ref, participants=self.participants(ctx.room)))
+
+    @staticmethod
+    def _participant(ctx: Context) -> Session:
+        session = ctx.session
+        assert session is not None
+        if session.hidden:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "hidden observers cannot take part in calls")
+        return session
+
+    _core_handlers: dict[type, Callable[[Engine, Context, Request], None]] = {
+        Join: _join,
+        Part: _part,
+        RelayIceCandidate: _relay,
+        RelaySessionDescription: _relay,
+        SetMediaState: _set_media_state,
+        GetParticipants: _get_participants,
+    }
+
+    # --- administration --------------------------------------------------------------------
+
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no room named {name!r}")
+        return room
+
+    def _details(self, ref: str | None, room: Room) -> adm.RoomDetails:
+        return adm.RoomDetails(ref=ref, room=self.room_info(room),
+                               participants=self.participants(room))
+
+    def _admin(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        if isinstance(request, adm.ListRooms):
+            rooms = [self.room_info(r) for _, r in sorted(self.rooms.items())]
+            return [Send((conn,), adm.RoomList(ref=request.ref, rooms=rooms))]
+        if isinstance(request, adm.GetRoom):
+            return [Send((conn,), self._details(request.ref, self._room(request.room)))]
+        if isinstance(request, adm.CreateRoom):
+            return self._create_room(conn, request, now)
+        if isinstance(request, adm.DeleteRoom):
+            return self._delete_room(conn, request, now)
+        if isinstance(request, adm.Kick):
+            room = self._room(request.room)
+            session = room.sessions.get(request.participant_id)
+            if session is None or session.hidden:
+                raise ProtocolError(ErrorCode.NOT_FOUND,
+                                    f"no participant {request.participant_id!r} in {room.name!r}")
+            effects: list[Effect] = []
+            if session.conn is not None:
+                effects.append(Close(session.conn, CloseCode.KICKED, "removed by an administrator"))
+            else:
+                effects.append(CancelTimer(grace_timer(session.id)))
+            effects += self._remove(session, reason="kicked", now=now)
+            ctx = Context(self, room, None, request.ref, now, conn=conn)
+            ctx.ok()
+            return effects + ctx.effects
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"{type(request).__struct_config__.tag} is not an admin request")
+
+    def _create_room(self, conn: ConnId, request: adm.CreateRoom, now: float) -> list[Effect]:
+        existing = self.rooms.get(request.room)
+        if existing is not None:
+            if request.if_missing:
+                return [Send((conn,), self._details(request.ref, existing))]
+            raise ProtocolError(ErrorCode.CONFLICT, f"room {request.room!r} already exists")
+        app = self.apps.get(request.app)
+        if app is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"no app named {request.app!r}")
+        room = Room(name=request.room, app=app, created_at=now,
+                    meta=app.create_room(request.meta, creator=None))
+        self.rooms[room.name] = room
+        ctx = Context(self, room, None, request.ref, now, conn=conn)
+        ctx.persist(self.room_record(room),
+                    then=lambda c: c.reply(self._details(request.ref, room)))
+        return ctx.effects
+
+    def _delete_room(self, conn: ConnId, request: adm.DeleteRoom, now: float) -> list[Effect]:
+        room = self._room(request.room)
+        effects: list[Effect] = []
+        for session in list(room.sessions.values()):
+            if session.conn is not None:
+                effects.append(Close(session.conn, CloseCode.ROOM_DELETED, "the room was deleted"))
+                self.conns.pop(session.conn, None)
+            else:
+                effects.append(CancelTimer(grace_timer(session.id)))
+            self._by_token.pop(session.resume_token, None)
+            self._session_ids.discard(session.id)
+        room.sessions.clear()
+        del self.rooms[room.name]
+        ctx = Context(self, room, None, request.ref, now, conn=conn)
+        ctx.persist(DeleteRoomRecord(name=room.name), then=lambda c: c.ok())
+        return effects + ctx.effects

@@ -1,0 +1,633 @@
+# Theory of operation
+# -------------------
+# The daemon serves plain HTTP (health checks, REST calls) and WebSocket signaling on the
+# same port. trio_websocket.serve_websocket cannot do that: it answers any request that is
+# not an upgrade with a bare 400 and never calls our handler. So we own the accept loop and
+# the first parse of every request:
+#
+#   serve_tcp -> handle_connection(stream)
+#                  h11 parses the request head (bounded size, bounded time)
+#                  |- plain request: read the (bounded) body, call on_http, write an HTTP/1.1
+#                  |  response, loop for keep-alive
+#                  `- GET + Upgrade: websocket: rebuild the head bytes that h11 consumed, put
+#                     them in front of the socket (_PrefixedStream) and let
+#                     trio_websocket.wrap_server_stream parse them again and run the real
+#                     handshake; then call on_websocket(ws_request, http_request)
+#
+# Failure containment: every connection runs in its own task, and everything except
+# cancellation is caught here and turned into an HTTP 500 or a WebSocket close 1011 for that
+# one connection, so a handler bug cannot take the listener down.
+#
+# Two private trio-websocket attributes are read (WebSocketRequest._connection and
+# WebSocketConnection._wsproto.state) because the public API has no way to reach the
+# connection object of a request or to tell whether accept()/reject() was called. The
+# dependency is pinned to trio-websocket 0.12.x in pyproject.toml.
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from functools import partial
+from typing import Final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+import trio
+import trio_websocket
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FrontLimits",
+    "HttpHandler",
+    "HttpRequest",
+    "HttpResponse",
+    "WebSocketHandler",
+    "handle_connection",
+    "serve_tcp",
+]
+
+logger: Final = logging.getLogger(__name__)
+
+# Reads larger than the head limit would only let h11's buffer overshoot it further.
+_RECEIVE_CHUNK: Final = 16 * 1024
+# Bounds every "be polite before hanging up" step so a dead peer cannot pin a task.
+_CLOSE_TIMEOUT: Final = 2.0
+# See _Connection._linger for why we drain before closing after an error.
+_LINGER_SECONDS: Final = 1.0
+_LINGER_BYTES: Final = 64 * 1024
+_PORT_RETRIES: Final = 5
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+# Framing is ours to decide; a handler setting these could desynchronise the connection.
+_RESERVED_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+_NO_PEER: Final = ("", 0)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One parsed request head (plus body for plain requests)."""
+
+    method: str
+    target: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    peer: tuple[str, int]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """What an HTTP handler returns; framing headers are added by the front."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+WebSocketHandler = Callable[[trio_websocket.WebSocketRequest, HttpRequest], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    """Per-connection resource bounds.
+
+    ``head_timeout`` also bounds receiving a plain request's body and writing a response,
+    so a client that trickles bytes or never reads cannot hold a task forever.
+    """
+
+    max_head_bytes: int = 16 * 1024
+    head_timeout: float = 10.0
+    max_body_bytes: int = 64 * 1024
+    keepalive_timeout: float = 30.0
+    max_message_size: int = 64 * 1024
+    message_queue_size: int = 64
+
+
+DEFAULT_LIMITS: Final = FrontLimits()
+
+
+class _Reject(Exception):
+    """Answer the current request with an error status, then close the connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Hangup(Exception):
+    """Drop the connection without a response (e.g. the peer stopped reading)."""
+
+
+class _PrefixedStream(trio.abc.Stream):
+    """Replays bytes we already read from ``inner`` before reading from it again.
+
+    wsproto must see the upgrade request head that h11 has already consumed. Once the
+    prefix is used up, the hot methods are rebound on the instance to the inner stream's
+    bound methods, so WebSocket frames pay no extra coroutine layer per call.
+    """
+
+    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = prefix
+        # Set as soon as anyone closes the stream: wrap_server_stream waits forever for a
+        # handshake that its reader task gave up on, and this is how we notice.
+        self.closed = trio.Event()
+        self.send_all = inner.send_all  # type: ignore[method-assign]
+        self.wait_send_all_might_not_block = (  # type: ignore[method-assign]
+            inner.wait_send_all_might_not_block
+        )
+        if not prefix:
+            self.receive_some = inner.receive_some  # type: ignore[method-assign]
+
+    # The class-level methods exist to satisfy trio.abc.Stream; the instance attributes
+    # assigned in __init__ shadow them.
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        prefix = self._prefix
+        if not prefix:
+            return await self._inner.receive_some(max_bytes)
+        # Stream.receive_some must be a checkpoint even when it has data ready.
+        await trio.lowlevel.checkpoint()
+        if max_bytes is None or max_bytes >= len(prefix):
+            chunk, self._prefix = prefix, b""
+        else:
+            chunk, self._prefix = prefix[:max_bytes], prefix[max_bytes:]
+        if not self._prefix:
+            self.receive_some = self._inner.receive_some  # type: ignore[method-assign]
+        return chunk
+
+    async def aclose(self) -> None:
+        self.closed.set()
+        await self._inner.aclose()
+
+
+def _peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
+    # trio-websocket only knows bare SocketStream/SSLStream; anything else (or a socket
+    # that is already disconnected) yields the "unknown" marker instead of an error.
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        sock = getattr(getattr(stream, "transport_stream", None), "socket", None)
+    if sock is None:
+        return _NO_PEER
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return _NO_PEER
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return _NO_PEER
+
+
+def _decode_headers(event: h11.Request) -> dict[str, str]:
+    # latin-1 is lossless for whatever bytes h11 accepted, so nothing is silently dropped.
+    result: dict[str, str] = {}
+    for raw_name, raw_value in event.headers:
+        name = raw_name.decode("ascii")
+        value = raw_value.decode("latin-1")
+        result[name] = f"{result[name]}, {value}" if name in result else value
+    return result
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    # urlsplit would read an origin-form target such as "//a/b" as a network location,
+    # so only absolute-form targets go through it.
+    if target.startswith("/") or "://" not in target:
+        path, _, query = target.partition("?")
+        return path, query
+    parts = urlsplit(target)
+    return parts.path or "/", parts.query
+
+
+def _build_request(event: h11.Request, peer: tuple[str, int], body: bytes) -> HttpRequest:
+    target = event.target.decode("ascii", errors="replace")
+    raw_path, raw_query = _split_target(target)
+    return HttpRequest(
+        method=event.method.decode("ascii", errors="replace"),
+        target=target,
+        path=unquote(raw_path, errors="replace"),
+        query=dict(parse_qsl(raw_query, keep_blank_values=True)),
+        headers=_decode_headers(event),
+        peer=peer,
+        body=body,
+    )
+
+
+def _head_size(event: h11.Request) -> int:
+    # h11 only enforces its size limit while a head is incomplete; a complete oversized
+    # head that arrived in one read would slip through, so measure it again.
+    size = len(event.method) + len(event.target) + len(event.http_version) + 9
+    for name, value in event.headers.raw_items():
+        size += len(name) + len(value) + 4
+    return size + 2
+
+
+def _header_tokens(event: h11.Request, name: bytes) -> set[bytes]:
+    return {
+        token.strip().lower()
+        for header, value in event.headers
+        if header == name
+        for token in value.split(b",")
+    }
+
+
+def _is_websocket_upgrade(event: h11.Request) -> bool:
+    return (
+        event.method == b"GET"
+        and b"websocket" in _header_tokens(event, b"upgrade")
+        and b"upgrade" in _header_tokens(event, b"connection")
+    )
+
+
+def _rebuild_head(event: h11.Request) -> bytes:
+    # h11 keeps the original header-name casing and order, which is all wsproto needs to
+    # parse an equivalent request.
+    lines = [b"%s %s HTTP/%s\r\n" % (event.method, event.target, event.http_version)]
+    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in event.headers.raw_items())
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _error_body(reason: str) -> bytes:
+    escaped = reason.replace("\\", "\\\\").replace('"', '\\"')
+    return b'{"error":"%s"}' % escaped.encode("ascii", errors="replace")
+
+
+def _only_connection_closed(exc: BaseException) -> bool:
+    # A handler blocked in get_message() raises ConnectionClosed when the client leaves;
+    # that is the normal end of a session, not a bug worth a traceback.
+    if isinstance(exc, trio_websocket.ConnectionClosed):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio_websocket.ConnectionClosed)
+        return rest is None
+    return False
+
+
+def _handshake_pending(ws_request: trio_websocket.WebSocketRequest) -> bool:
+    wsproto_connection = getattr(ws_request._connection, "_wsproto", None)
+    state = getattr(wsproto_connection, "state", None)
+    return getattr(state, "name", "") == "CONNECTING"
+
+
+class _Connection:
+    """State for one TCP connection; see the module comment for the flow."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        on_http: HttpHandler,
+        on_websocket: WebSocketHandler,
+        limits: FrontLimits,
+        peer: tuple[str, int],
+    ) -> None:
+        self._stream = stream
+        self._on_http = on_http
+        self._on_websocket = on_websocket
+        self._limits = limits
+        self._peer = peer
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        self._started = trio.current_time()
+        self._head_only = False
+
+    async def run(self) -> None:
+        try:
+            await self._serve()
+        except _Reject as exc:
+            await self._fail(exc.status, exc.reason)
+        except h11.RemoteProtocolError as exc:
+            await self._fail(exc.error_status_hint, str(exc))
+
+    async def _serve(self) -> None:
+        first = True
+        while True:
+            event = await self._read_head(first)
+            if event is None:
+                return
+            first = False
+            self._head_only = event.method == b"HEAD"
+            if _head_size(event) > self._limits.max_head_bytes:
+                raise _Reject(431, "request header fields too large")
+            if _is_websocket_upgrade(event):
+                await self._serve_websocket(event)
+                return
+            if not await self._serve_http(event):
+                return
+            self._h11.start_next_cycle()
+
+    async def _next_event(self) -> object:
+        while True:
+            event = self._h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._receive()
+
+    async def _receive(self) -> None:
+        data = await self._stream.receive_some(_RECEIVE_CHUNK)
+        # h11 is typed for bytes; SocketStream already returns bytes, so this never copies.
+        self._h11.receive_data(data if isinstance(data, bytes) else bytes(data))
+
+    async def _read_head(self, first: bool) -> h11.Request | None:
+        if first:
+            # The first head gets one budget from accept time; idling is not a separate
+            # allowance, or a slowloris client could take twice the budget.
+            head_deadline = self._started + self._limits.head_timeout
+        else:
+            if not self._h11.trailing_data[0]:
+                with trio.move_on_after(self._limits.keepalive_timeout) as idle:
+                    # EOF arrives as b"" and makes the next h11 event ConnectionClosed.
+                    await self._receive()
+                if idle.cancelled_caught:
+                    return None
+            head_deadline = trio.current_time() + self._limits.head_timeout
+        with trio.move_on_at(head_deadline) as scope:
+            event = await self._next_event()
+        if scope.cancelled_caught:
+            if self._h11.trailing_data[0]:
+                raise _Reject(408, "request head timeout")
+            return None  # never said anything: hang up quietly
+        return event if isinstance(event, h11.Request) else None
+
+    async def _read_body(self, event: h11.Request) -> bytes:
+        limit = self._limits.max_body_bytes
+        declared = dict(event.headers).get(b"content-length")
+        if declared is not None and int(declared) > limit:
+            raise _Reject(413, "request body too large")
+        if self._h11.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        body = bytearray()
+        with trio.move_on_after(self._limits.head_timeout) as scope:
+            while True:
+                part = await self._next_event()
+                if isinstance(part, h11.Data):
+                    body += part.data
+                    if len(body) > limit:
+                        raise _Reject(413, "request body too large")
+                elif isinstance(part, h11.EndOfMessage):
+                    return bytes(body)
+                else:
+                    raise _Hangup
+        assert scope.cancelled_caught
+        raise _Reject(408, "request body timeout")
+
+    async def _serve_http(self, event: h11.Request) -> bool:
+        """Answer one plain request; return whether the connection may be reused."""
+        request = _build_request(event, self._peer, await self._read_body(event))
+        try:
+            response = await self._on_http(request)
+            h11_response, body = self._render(response, close=False)
+        except Exception:
+            logger.exception("HTTP handler failed: %s %s from %s", request.method,
+                             request.path, request.peer)
+            h11_response, body = self._render(
+                HttpResponse(500, _error_body("internal server error")), close=True
+            )
+        await self._send(h11_response, h11.Data(data=body), h11.EndOfMessage())
+        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+
+    def _render(self, response: HttpResponse, *, close: bool) -> tuple[h11.Response, bytes]:
+        # Everything that can reject a handler's response (types, status range, header
+        # encoding, h11's header validation) happens here, before any byte is written, so
+        # a bad response can still be replaced by a 500.
+        if not isinstance(response, HttpResponse):
+            raise TypeError(f"HTTP handler returned {type(response).__name__}, not HttpResponse")
+        status = response.status
+        if not 200 <= status <= 599:
+            raise ValueError(f"HTTP handler returned status {status}")
+        has_body = status not in _NO_BODY_STATUSES
+        body = response.body if has_body else b""
+        headers: dict[str, tuple[bytes, bytes]] = {
+            "server": (b"Server", b"roomctl"),
+            "date": (b"Date", formatdate(usegmt=True).encode("ascii")),
+        }
+        if has_body:
+            headers["content-length"] = (b"Content-Length", b"%d" % len(body))
+            if response.content_type:
+                headers["content-type"] = (
+                    b"Content-Type",
+                    response.content_type.encode("latin-1"),
+                )
+        extra: list[tuple[bytes, bytes]] = []
+        for name, value in response.headers:
+            key = name.lower()
+            if key in _RESERVED_HEADERS:
+                continue
+            pair = (name.encode("ascii"), value.encode("latin-1"))
+            if key in headers:
+                headers[key] = pair
+            else:
+                extra.append(pair)
+        header_list = [*headers.values(), *extra]
+        if close:
+            header_list.append((b"Connection", b"close"))
+        return h11.Response(status_code=status, headers=header_list), body
+
+    async def _send(self, *events: h11.Event) -> None:
+        chunks: list[bytes] = []
+        for event in events:
+            if isinstance(event, h11.Data) and (self._head_only or not event.data):
+                continue
+            data = self._h11.send(event)
+            if data:
+                chunks.append(data)
+        with trio.move_on_after(self._limits.head_timeout) as scope:
+            await self._stream.send_all(b"".join(chunks))
+        if scope.cancelled_caught:
+            raise _Hangup
+
+    async def _fail(self, status: int, reason: str) -> None:
+        logger.debug("rejecting request from %s: %d %s", self._peer, status, reason)
+        # Mid-response there is no way to switch to an error; just close.
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        response, body = self._render(HttpResponse(status, _error_body(reason)), close=True)
+        await self._send(response, h11.Data(data=body), h11.EndOfMessage())
+        await self._linger()
+
+    async def _linger(self) -> None:
+        # Closing a socket that still has unread input makes the kernel send RST, which can
+        # destroy the error response before the client reads it. Half-close, then drain
+        # for a bounded time so the client sees our answer and then EOF.
+        stream = self._stream
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            drained = 0
+            with trio.move_on_after(_LINGER_SECONDS):
+                while drained < _LINGER_BYTES:
+                    data = await stream.receive_some(_RECEIVE_CHUNK)
+                    if not data:
+                        return
+                    drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _serve_websocket(self, event: h11.Request) -> None:
+        # An upgrade request has no body, so h11 yields EndOfMessage without any I/O;
+        # anything else means a body we refuse to forward into the WebSocket stream.
+        if not isinstance(self._h11.next_event(), h11.EndOfMessage):
+            raise _Reject(400, "upgrade request must not have a body")
+        request = _build_request(event, self._peer, b"")
+        leftover, _ = self._h11.trailing_data
+        prefixed = _PrefixedStream(self._stream, _rebuild_head(event) + leftover)
+        async with trio.open_nursery() as nursery:
+            try:
+                ws_request = await self._handshake(nursery, prefixed)
+                if ws_request is not None:
+                    await self._run_websocket_handler(ws_request, request)
+            finally:
+                # The reader task would otherwise keep the nursery (and socket) alive.
+                nursery.cancel_scope.cancel()
+
+    async def _handshake(
+        self, nursery: trio.Nursery, prefixed: _PrefixedStream
+    ) -> trio_websocket.WebSocketRequest | None:
+        result: list[trio_websocket.WebSocketRequest] = []
+        async with trio.open_nursery() as race:
+            race.cancel_scope.deadline = trio.current_time() + self._limits.head_timeout
+
+            async def cancel_when_closed() -> None:
+                # On a bad handshake trio-websocket sends its own 400 and closes the
+                # stream, but leaves wrap_server_stream waiting forever.
+                await prefixed.closed.wait()
+                race.cancel_scope.cancel()
+
+            async def handshake() -> None:
+                result.append(
+                    await trio_websocket.wrap_server_stream(
+                        nursery,
+                        prefixed,
+                        message_queue_size=self._limits.message_queue_size,
+                        max_message_size=self._limits.max_message_size,
+                    )
+                )
+                race.cancel_scope.cancel()
+
+            race.start_soon(cancel_when_closed)
+            race.start_soon(handshake)
+        if not result:
+            logger.debug("websocket handshake from %s failed", self._peer)
+        return result[0] if result else None
+
+    async def _run_websocket_handler(
+        self, ws_request: trio_websocket.WebSocketRequest, request: HttpRequest
+    ) -> None:
+        failed = False
+        try:
+            await self._on_websocket(ws_request, request)
+        except Exception as exc:
+            if _only_connection_closed(exc):
+                logger.debug("websocket peer %s went away", request.peer)
+            else:
+                failed = True
+                logger.exception("websocket handler failed: %s from %s", request.path,
+                                 request.peer)
+        with trio.move_on_after(_CLOSE_TIMEOUT):
+            try:
+                if _handshake_pending(ws_request):
+                    if not failed:
+                        logger.error("websocket handler for %s neither accepted nor rejected",
+                                     request.path)
+                    await ws_request.reject(500)
+                else:
+                    # Idempotent when the peer or the handler already closed it.
+                    await ws_request._connection.aclose(1011 if failed else 1000)
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError,
+                    trio.ClosedResourceError):
+                pass
+
+
+async def handle_connection(
+    stream: trio.abc.Stream,
+    *,
+    on_http: HttpHandler,
+    on_websocket: WebSocketHandler,
+    limits: FrontLimits = DEFAULT_LIMITS,
+    peer: tuple[str, int] | None = None,
+) -> None:
+    """Serve one client connection until it closes.
+
+    Plain requests are answered by ``on_http`` in an HTTP/1.1 keep-alive loop. A
+    ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` is handed to
+    trio-websocket, and ``on_websocket(ws_request, http_request)`` must then call
+    ``accept()`` or ``reject()`` on ``ws_request`` itself. ``peer`` overrides the remote
+    address read from the stream's socket.
+
+    Protocol errors become 400/408/413/431 responses, handler exceptions become a 500 or
+    a WebSocket close with code 1011, and both end only this connection: nothing but
+    cancellation propagates out. The stream is always closed on return.
+    """
+    connection = _Connection(
+        stream, on_http, on_websocket, limits, _peer_of(stream) if peer is None else peer
+    )
+    try:
+        await connection.run()
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, _Hangup):
+        logger.debug("connection from %s dropped", connection._peer)
+    except* Exception:
+        logger.exception("connection from %s failed", connection._peer)
+    finally:
+        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            try:
+                await stream.aclose()
+            except Exception:
+                logger.debug("closing connection from %s failed", connection._peer,
+                             exc_info=True)
+
+
+async def _guarded(handler: Callable[[trio.SocketStream], Awaitable[None]],
+                   stream: trio.SocketStream) -> None:
+    # trio.serve_listeners lets a handler exception cancel every other connection and the
+    # listener itself; keep the blast radius at one connection even for other handlers.
+    try:
+        await handler(stream)
+    except* Exception:
+        logger.exception("connection handler crashed")
+
+
+async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    bind_host = host or None
+    listeners = await trio.open_tcp_listeners(port, host=bind_host)
+    if port != 0 or len(listeners) == 1:
+        return listeners
+    # With port 0 each address (e.g. IPv4 and IPv6 wildcards) gets its own ephemeral
+    # port, but callers advertise a single port: rebind everything to the first one.
+    for _ in range(_PORT_RETRIES):
+        chosen = listeners[0].socket.getsockname()[1]
+        for listener in listeners:
+            await listener.aclose()
+        try:
+            return await trio.open_tcp_listeners(chosen, host=bind_host)
+        except OSError:
+            listeners = await trio.open_tcp_listeners(0, host=bind_host)
+    logger.warning("listeners for %r ended up on different ports", host)
+    return listeners
+
+
+async def serve_tcp(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host``:``port`` and run ``handler`` for every accepted connection.
+
+    Reports ``(host, actual_port)`` through ``task_status`` once the sockets are
+    listening (``port=0`` picks a free port), then serves until cancelled. Transient
+    accept failures such as EMFILE are retried by trio rather than raised.
+    """
+    listeners = await _open_listeners(host, port)
+    actual_port = listeners[0].socket.getsockname()[1]
+    logger.info("listening on %s port %d", host or "*", actual_port)
+    task_status.started((host, actual_port))
+    await trio.serve_listeners(partial(_guarded, handler), listeners)

@@ -1,0 +1,463 @@
+"""The trio server: applies the engine's effects to real connections and the store.
+
+Theory of operation
+-------------------
+One TCP port. ``daemon.front`` parses each request head: plain HTTP (health, metrics)
+is answered here; WebSocket upgrades to ``/v1/rooms/{room}`` and ``/v1/admin`` become
+``Connection`` objects. A connection's reader decodes frames and feeds the engine; the
+effects it gets back are applied in order. Outbound frames go through a bounded queue
+per connection, drained by that connection's writer task: a broadcast is encoded once
+per wire format and the same object is queued for every recipient. A full queue means
+the peer does not read fast enough: it is closed with 4011, never waited for, so one
+slow consumer cannot stall a room.
+
+Durable effects go to the store's single writer task, which commits them in order and
+runs their ``on_commit`` callbacks in that order from one task; the engine's
+acknowledgements and broadcasts of a message therefore leave only after its commit.
+
+One connection's failure never reaches another: every handler catches at its boundary,
+logs once, and closes its own connection with a code that says why (1011 for our bugs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+import trio
+import trio_websocket
+
+from daemon.apps import App
+from daemon.config import Config, ensure_admin_token
+from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Query, Send, StartTimer
+from daemon.engine import Engine
+from daemon.front import FrontLimits, HttpRequest, HttpResponse, handle_connection, serve_tcp
+from daemon.store import Store, StoreWriter
+from protocol import (
+    CORE_REQUESTS,
+    CloseCode,
+    Codec,
+    ErrorCode,
+    ProtocolError,
+    WireFormat,
+    negotiate,
+)
+from protocol import admin as adm
+from protocol.messages import Error, Hello, Request, Welcome
+
+log = logging.getLogger("roomctl.daemon")
+
+VERSION = "0.1.0"
+ROOM_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+ADMIN_PATH = "/v1/admin"
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted WebSocket and its outbound queue."""
+
+    id: ConnId
+    ws: trio_websocket.WebSocketConnection
+    format: WireFormat
+    peer: tuple[str, int]
+    send_queue: trio.MemorySendChannel[Any]
+    receive_queue: trio.MemoryReceiveChannel[Any]
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    close_code: int | None = None
+    close_reason: str = ""
+    flush_before_close: bool = True
+    bad_frames: int = 0
+
+    def enqueue(self, payload: str | bytes) -> None:
+        """Queue one encoded frame; a full queue closes the connection as a slow consumer."""
+        if self.close_code is not None:
+            return
+        try:
+            self.send_queue.send_nowait(payload)
+        except trio.WouldBlock:
+            self.close(CloseCode.SLOW_CONSUMER, "outbound queue overflowed", flush=False)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def close(self, code: int, reason: str, *, flush: bool = True) -> None:
+        """Ask the connection's task to close with ``code`` (after sending what is queued)."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self.flush_before_close = flush
+        self.cancel_scope.cancel()
+
+
+class Daemon:
+    """The running server: engine, store writer, connections and timers."""
+
+    def __init__(self, config: Config, apps: Sequence[App[Any, Any]], nursery: trio.Nursery,
+                 writer: StoreWriter, admin_token: str) -> None:
+        self.config = config
+        self.nursery = nursery
+        self.writer = writer
+        self.admin_token = admin_token
+        self.engine = Engine(apps, grace=config.grace, auto_create=config.auto_create,
+                             server=f"roomctl/{VERSION}")
+        room_types: tuple[type[Request], ...] = (*CORE_REQUESTS, *self.engine.request_types())
+        admin_types: tuple[type[Request], ...] = (Hello, *adm.ADMIN_REQUESTS)
+        self.room_codecs = {f: Codec(f, room_types, max_frame_bytes=config.max_frame_bytes)
+                            for f in WireFormat}
+        self.admin_codecs = {f: Codec(f, admin_types, max_frame_bytes=config.max_frame_bytes)
+                             for f in WireFormat}
+        self.connections: dict[ConnId, Connection] = {}
+        self.timers: dict[tuple[str, str], trio.CancelScope] = {}
+        self.connection_closed = trio.Event()  # renewed by shutdown() while it waits
+        self._next_conn = 0
+        self._clock_offset = time.time() - trio.current_time()
+        self.started_at = self.now()
+        self.counters = {"connections_total": 0, "frames_in": 0, "frames_out": 0,
+                         "bad_frames": 0, "slow_consumers": 0}
+
+    def now(self) -> float:
+        """Wall-clock seconds, advancing with trio's clock (so autojump tests see time pass)."""
+        return trio.current_time() + self._clock_offset
+
+    # --- applying effects ------------------------------------------------------------------
+
+    async def apply(self, effects: Sequence[Effect]) -> None:
+        """Apply effects in order; waits only for room in the store's queue (backpressure)."""
+        for effect in effects:
+            if isinstance(effect, Persist):
+                await self.writer.submit(effect.writes, self._committed(effect))
+            else:
+                self.apply_now((effect,))
+
+    def apply_now(self, effects: Sequence[Effect]) -> None:
+        """Apply effects without waiting (from callbacks and timers)."""
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._send(effect)
+            elif isinstance(effect, Close):
+                conn = self.connections.get(effect.conn)
+                if conn is not None:
+                    conn.close(effect.code, effect.reason)
+            elif isinstance(effect, Persist):
+                self.nursery.start_soon(self.apply, (effect,))
+            elif isinstance(effect, Query):
+                self.nursery.start_soon(self._query, effect)
+            elif isinstance(effect, StartTimer):
+                self._start_timer(effect)
+            elif isinstance(effect, CancelTimer):
+                scope = self.timers.pop(effect.key, None)
+                if scope is not None:
+                    scope.cancel()
+
+    def _committed(self, effect: Persist) -> Any:
+        def on_done(exc: BaseException | None) -> None:
+            if exc is None:
+                if effect.on_commit is not None:
+                    self.apply_now(effect.on_commit())
+            else:
+                log.error("store write failed: %s", exc)
+                if effect.on_failure is not None:
+                    self.apply_now(effect.on_failure(exc))
+        return on_done
+
+    def _send(self, effect: Send) -> None:
+        encoded: dict[WireFormat, str | bytes] = {}
+        frame = effect.frame
+        for conn_id in effect.to:
+            conn = self.connections.get(conn_id)
+            if conn is None:
+                continue
+            payload = encoded.get(conn.format)
+            if payload is None:
+                data = self.room_codecs[conn.format].encode(frame)
+                # trio-websocket sends str as a text frame, bytes as a binary one.
+                payload = data if conn.format.binary else data.decode()
+                encoded[conn.format] = payload
+            conn.enqueue(payload)
+        self.counters["frames_out"] += len(effect.to)
+
+    async def _query(self, effect: Query) -> None:
+        try:
+            entries = await self.writer.read_log(effect.room, after=effect.after,
+                                                 before=effect.before, limit=effect.limit)
+        except Exception:
+            log.exception("reading the log of room %r failed", effect.room)
+            entries = None
+        if entries is not None:
+            self.apply_now(effect.respond(entries))
+
+    def _start_timer(self, effect: StartTimer) -> None:
+        old = self.timers.pop(effect.key, None)
+        if old is not None:
+            old.cancel()
+        scope = trio.CancelScope(deadline=effect.deadline - self._clock_offset)
+        self.timers[effect.key] = scope
+
+        async def fire() -> None:
+            with scope:
+                await trio.sleep_forever()
+            # Reaching the deadline leaves the scope registered; CancelTimer removed it.
+            if self.timers.get(effect.key) is scope:
+                del self.timers[effect.key]
+                self.apply_now(self.engine.timer_fired(effect.key, self.now()))
+
+        self.nursery.start_soon(fire)
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    async def on_http(self, request: HttpRequest) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return _json(405, {"error": "method not allowed"})
+        if request.path == "/healthz":
+            return _json(200, {"status": "ok", "version": VERSION,
+                               "rooms": len(self.engine.rooms),
+                               "connections": len(self.connections)})
+        if request.path == "/metrics":
+            return HttpResponse(200, self._metrics().encode(),
+                                content_type="text/plain; version=0.0.4")
+        if ROOM_PATH.match(request.path) or request.path == ADMIN_PATH:
+            return _json(426, {"error": "this endpoint speaks WebSocket"},
+                         headers=(("Upgrade", "websocket"),))
+        return _json(404, {"error": "not found"})
+
+    def _metrics(self) -> str:
+        lines = [
+            f"roomctl_rooms {len(self.engine.rooms)}",
+            f"roomctl_connections {len(self.connections)}",
+            f"roomctl_sessions {sum(len(r.sessions) for r in self.engine.rooms.values())}",
+            f"roomctl_uptime_seconds {self.now() - self.started_at:.0f}",
+        ]
+        lines += [f"roomctl_{name} {value}" for name, value in self.counters.items()]
+        return "\n".join(lines) + "\n"
+
+    # --- WebSocket -------------------------------------------------------------------------
+
+    async def on_websocket(self, ws_request: trio_websocket.WebSocketRequest,
+                           request: HttpRequest) -> None:
+        match = ROOM_PATH.match(request.path)
+        is_admin = request.path == ADMIN_PATH
+        if match is None and not is_admin:
+            await ws_request.reject(404, body=b'{"error":"not found"}')
+            return
+        offered = list(ws_request.proposed_subprotocols)
+        fmt = negotiate(offered)
+        if fmt is None:
+            await ws_request.reject(400, body=b'{"error":"unsupported subprotocol"}')
+            return
+        ws = await ws_request.accept(subprotocol=fmt.value if offered else None)
+        self._next_conn += 1
+        send, receive = trio.open_memory_channel[Any](self.config.outbound_queue)
+        conn = Connection(self._next_conn, ws, fmt, request.peer, send, receive)
+        self.connections[conn.id] = conn
+        self.counters["connections_total"] += 1
+        try:
+            with conn.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, conn)
+                    try:
+                        if is_admin:
+                            await self._serve_admin(conn)
+                        else:
+                            assert match is not None
+                            await self._serve_room(conn, unquote(match.group(1)))
+                    except trio_websocket.ConnectionClosed:
+                        pass
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("connection %d from %s failed", conn.id, conn.peer)
+            conn.close_code = conn.close_code or CloseCode.INTERNAL_ERROR
+            conn.close_reason = conn.close_reason or "internal error"
+            conn.flush_before_close = False
+        finally:
+            if conn.close_code is None and trio.current_effective_deadline() == -math.inf:
+                # Cancelled from outside, not by conn.close: the daemon is shutting down.
+                conn.close_code = CloseCode.GOING_AWAY
+                conn.close_reason = "the daemon is shutting down"
+            del self.connections[conn.id]
+            self.connection_closed.set()
+            if not is_admin:
+                self.apply_now(self.engine.disconnect(conn.id, self.now()))
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + 2.0
+                await self._finish(conn)
+
+    async def _finish(self, conn: Connection) -> None:
+        """Send what is still queued (unless the peer is too slow), then close."""
+        if conn.flush_before_close and conn.close_code is not None:
+            while True:
+                try:
+                    payload = conn.receive_queue.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                try:
+                    await conn.ws.send_message(payload)
+                except trio_websocket.ConnectionClosed:
+                    break
+        if conn.close_code == CloseCode.SLOW_CONSUMER:
+            self.counters["slow_consumers"] += 1
+        await conn.ws.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
+
+    async def _writer(self, conn: Connection) -> None:
+        try:
+            async for payload in conn.receive_queue:
+                await conn.ws.send_message(payload)
+        except trio_websocket.ConnectionClosed:
+            conn.cancel_scope.cancel()
+
+    async def _receive(self, conn: Connection, codec: Codec) -> Any:
+        """Return the next valid frame; answers bad ones and closes after too many."""
+        while True:
+            data = await conn.ws.get_message()
+            self.counters["frames_in"] += 1
+            try:
+                return codec.decode(data)
+            except ProtocolError as exc:
+                self._reject(conn, codec.ref_of(data), exc)
+
+    def _reject(self, conn: Connection, ref: str | None, exc: ProtocolError) -> None:
+        self.counters["bad_frames"] += 1
+        self.apply_now([Send((conn.id,), Error(ref=ref, code=exc.code, message=exc.message))])
+        conn.bad_frames += 1
+        if conn.bad_frames > self.config.max_bad_frames:
+            conn.close(CloseCode.POLICY_VIOLATION, "too many bad frames")
+
+    async def _hello(self, conn: Connection, codec: Codec, deadline: float) -> Hello | None:
+        with trio.move_on_at(deadline):
+            while True:
+                frame = await self._receive(conn, codec)
+                if isinstance(frame, Hello):
+                    return frame
+                self._reject(conn, frame.ref, ProtocolError(ErrorCode.BAD_REQUEST,
+                                                            "the first frame must be hello"))
+        conn.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
+        return None
+
+    async def _serve_room(self, conn: Connection, room: str) -> None:
+        codec = self.room_codecs[conn.format]
+        deadline = trio.current_time() + self.config.handshake_timeout
+        while conn.id not in self.engine.conns:
+            hello = await self._hello(conn, codec, deadline)
+            if hello is None:
+                return
+            await self.apply(self.engine.hello(conn.id, room, hello, self.now()))
+            if conn.close_code is not None:
+                return
+        while True:
+            frame = await self._receive(conn, codec)
+            await self.apply(self.engine.request(conn.id, frame, self.now()))
+
+    async def _serve_admin(self, conn: Connection) -> None:
+        codec = self.admin_codecs[conn.format]
+        deadline = trio.current_time() + self.config.handshake_timeout
+        while True:
+            hello = await self._hello(conn, codec, deadline)
+            if hello is None:
+                return
+            if hello.token is not None and _same(hello.token, self.admin_token):
+                break
+            self.apply_now([Send((conn.id,), Error(ref=hello.ref, code=ErrorCode.UNAUTHORIZED,
+                                                   message="a valid admin token is required"))])
+            conn.close(CloseCode.UNAUTHORIZED, "admin token required")
+            return
+        self.apply_now([Send((conn.id,), Welcome(ref=hello.ref, session_id=f"admin-{conn.id}",
+                                                 grace=self.config.grace,
+                                                 server=f"roomctl/{VERSION}"))])
+        while True:
+            frame = await self._receive(conn, codec)
+            if isinstance(frame, Hello):
+                self._reject(conn, frame.ref, ProtocolError(ErrorCode.CONFLICT,
+                                                            "this connection already said hello"))
+                continue
+            await self.apply(self.engine.admin(conn.id, frame, self.now()))
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Close every client with 1001 and flush the store; bounded by the config's timeout."""
+        for conn in list(self.connections.values()):
+            conn.close(CloseCode.GOING_AWAY, "the daemon is shutting down")
+        with trio.move_on_after(self.config.shutdown_timeout):
+            while self.connections:
+                self.connection_closed = trio.Event()
+                await self.connection_closed.wait()
+        with trio.move_on_after(self.config.shutdown_timeout):
+            await self.writer.flush()
+
+
+def _same(given: str, expected: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+def _json(status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
+    return HttpResponse(status, _json_encode(body) + b"\n", headers=headers)
+
+
+async def serve(
+    config: Config,
+    apps: Sequence[App[Any, Any]] | None = None,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until cancelled; ``task_status.started`` gets the bound (host, port).
+
+    Use it as ``host, port = await nursery.start(daemon.serve, config, apps=[...])``.
+    Without ``apps`` the built-in chat app is installed. On cancellation it stops
+    accepting, closes every client with 1001, and flushes the store before returning.
+    Raises OSError when the address cannot be bound or the data directory is unusable.
+    """
+    if apps is None:
+        from daemon.chat import ChatApp
+
+        apps = [ChatApp()]
+    admin_token = ensure_admin_token(config.data_dir)
+    store = await trio.to_thread.run_sync(Store.open, config.db_path)
+    writer = StoreWriter(store)
+    # The store writer must outlive the connections so that the last acknowledged writes
+    # commit during shutdown: it runs shielded and is stopped explicitly at the very end.
+    writer_scope = trio.CancelScope(shield=True)
+
+    async def run_writer(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with writer_scope:
+            await writer.run(task_status=task_status)
+
+    async with trio.open_nursery() as outer:
+        await outer.start(run_writer)
+        try:
+            async with trio.open_nursery() as nursery:
+                daemon = Daemon(config, apps, nursery, writer, admin_token)
+                daemon.engine.restore(await writer.load_rooms())
+                limits = FrontLimits(max_head_bytes=config.max_head_bytes,
+                                     head_timeout=config.head_timeout,
+                                     max_message_size=config.max_frame_bytes)
+
+                async def on_tcp(stream: trio.SocketStream) -> None:
+                    await handle_connection(stream, on_http=daemon.on_http,
+                                            on_websocket=daemon.on_websocket, limits=limits)
+
+                address = await nursery.start(serve_tcp, on_tcp, config.host, config.port)
+                log.info("listening on %s:%d", *address)
+                task_status.started(address)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await daemon.shutdown()
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + config.shutdown_timeout
+                await writer.aclose()
+            writer_scope.cancel()
+
+
+__all__ = ["Config", "serve"]

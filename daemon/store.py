@@ -1,0 +1,664 @@
+"""Durable storage for rooms and their message logs.
+
+Theory of operation
+-------------------
+Everything lives in one SQLite database: a ``rooms`` table (one row per room, with an
+opaque ``meta`` blob the application encoded) and a ``log`` table keyed by
+``(room, seq)``.  The database runs in WAL mode with ``synchronous=FULL``, so once
+``Store.write`` returns, the batch survives ``kill -9`` and (as far as the OS and disk
+honour fsync) power loss.
+
+``Store`` is the synchronous half, meant to be called from worker threads.  A file
+database gets two connections: one for writes and one for reads.  WAL lets the reader
+see the last committed snapshot while the writer is mid-transaction, so reads never
+queue behind a slow fsync.  Each connection has its own lock, because a sqlite3
+connection must not be used by two threads at once.  An in-memory database cannot be
+shared between connections, so it uses one connection behind one lock.
+
+``StoreWriter`` is the trio half.  Producers ``submit`` jobs (a list of writes plus a
+callback) into a bounded channel.  A single writer task takes the first job, drains
+whatever else is already queued, and commits all of it in one transaction on one
+worker thread ("group commit").  The fsync is paid once per batch, not once per job.
+After the commit, the writer calls every job's callback synchronously, in submission
+order.  Callers rely on that order to, for example, broadcast chat messages in
+sequence order once they are durable.  If a combined batch fails, each job is retried
+on its own, so one bad job cannot fail its neighbours.
+
+Once a batch has been taken off the queue it is finished (committed or failed, and
+callbacks run) even if the writer task is cancelled.  A commit must never be
+abandoned half way, and a caller must never miss its callback for a job the writer
+accepted.  Cancellation therefore takes effect between batches.  Jobs still queued
+at that point stay queued, and ``aclose`` (or a new ``run``) writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import trio
+
+from daemon.records import AppendLog, DeleteRoom, LogEntry, PutRoom, StoredRoom, Write
+
+__all__ = [
+    "AppendLog",
+    "DeleteRoom",
+    "LogEntry",
+    "PutRoom",
+    "Store",
+    "StoreError",
+    "StoreWriter",
+    "StoredRoom",
+    "Write",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Long enough to ride out another process (e.g. a backup tool) holding the write lock
+# briefly. Short enough that a wedged database surfaces as an error, not a hang.
+_BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS rooms (
+        name       TEXT PRIMARY KEY NOT NULL,
+        app        TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        meta       BLOB NOT NULL
+    )
+    """,
+    # WITHOUT ROWID: the primary key is the only access path. Storing rows clustered
+    # by (room, seq) makes paging and MAX(seq) plain index range scans.
+    """
+    CREATE TABLE IF NOT EXISTS log (
+        room TEXT NOT NULL,
+        seq  INTEGER NOT NULL,
+        at   REAL NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID
+    """,
+)
+
+
+
+__all__ = [
+    "AppendLog",
+    "DeleteRoom",
+    "LogEntry",
+    "PutRoom",
+    "Store",
+    "StoreError",
+    "StoreWriter",
+    "StoredRoom",
+    "Write",
+]
+
+
+class StoreError(Exception):
+    """The database could not be opened, read or written.
+
+    A failed ``write`` has been rolled back, so none of its batch is stored.
+    """
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def _connect(target: str | pathlib.Path) -> sqlite3.Connection:
+    # isolation_level=None: the sqlite3 module must not open transactions behind our
+    # back. ``write`` issues BEGIN IMMEDIATE itself so that it takes the write lock up
+    # front instead of failing to upgrade a read lock halfway through a batch.
+    # check_same_thread=False: callers come from arbitrary worker threads. The locks
+    # in Store serialise use of each connection.
+    conn = sqlite3.connect(
+        target,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=_BUSY_TIMEOUT_MS / 1000,
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        # FULL fsyncs the WAL on every commit. NORMAL would survive a process crash
+        # but could lose the last commits on power loss, and callers treat a commit
+        # as acknowledged data.
+        conn.execute("PRAGMA synchronous = FULL")
+        # No-ops on Linux. On macOS, plain fsync does not flush the drive cache, so
+        # these pragmas are what make commits survive power loss there.
+        conn.execute("PRAGMA fullfsync = ON")
+        conn.execute("PRAGMA checkpoint_fullfsync = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    # A newly created file or directory is only durable once the directory entry
+    # naming it is flushed. SQLite does this for its WAL file but not for the main
+    # database file.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # Not every platform lets you open a directory. Nothing more we can do.
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_private_dirs(directory: pathlib.Path) -> None:
+    # Path.mkdir(parents=True) applies ``mode`` only to the last component. Every
+    # directory we create must be private, so create the missing ones one by one.
+    missing: list[pathlib.Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for new_dir in reversed(missing):
+        try:
+            new_dir.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # Another process created it in the meantime. That is fine.
+        _fsync_dir(new_dir.parent)
+
+
+def _create_private_file(path: pathlib.Path) -> None:
+    # SQLite creates files with the umask's permissions. Chat logs are private, so
+    # create the file as 0600 before SQLite gets to it. SQLite copies the database
+    # file's mode onto the -wal and -shm files it creates later.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _init_schema(conn: sqlite3.Connection) -> None:
+    # IMMEDIATE: two processes opening a fresh file at once must not both create
+    # the schema.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {version} is not supported "
+                f"(this build understands version {SCHEMA_VERSION})"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _apply(cur: sqlite3.Cursor, write: Write) -> None:
+    if isinstance(write, AppendLog):
+        cur.execute(
+            "INSERT INTO log (room, seq, at, body) VALUES (?, ?, ?, ?)",
+            (write.room, write.seq, write.at, write.body),
+        )
+    elif isinstance(write, PutRoom):
+        # A true upsert, not INSERT OR REPLACE. REPLACE deletes the old row first,
+        # which would also fire any future ON DELETE cascade on the room's log.
+        cur.execute(
+            "INSERT INTO rooms (name, app, created_at, meta) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET "
+            "app = excluded.app, created_at = excluded.created_at, meta = excluded.meta",
+            (write.name, write.app, write.created_at, write.meta),
+        )
+    elif isinstance(write, DeleteRoom):
+        cur.execute("DELETE FROM log WHERE room = ?", (write.name,))
+        cur.execute("DELETE FROM rooms WHERE name = ?", (write.name,))
+    else:
+        raise TypeError(f"not a store write: {write!r}")
+
+
+class Store:
+    """Synchronous access to the database. Every method may be called from any thread.
+
+    Create instances with ``Store.open``.
+    """
+
+    def __init__(
+        self,
+        *,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        path: pathlib.Path | None,
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = threading.Lock()
+        # One connection means one lock. Two locks around a shared connection
+        # would let a read and a write use it at the same time.
+        self._read_lock = self._write_lock if reader is writer else threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: pathlib.Path | None) -> Store:
+        """Open (creating if needed) the database at ``path``; ``None`` means in-memory.
+
+        Missing parent directories are created with mode 0700 and a new database file
+        with mode 0600.
+
+        Returns:
+            The open store.
+
+        Raises:
+            StoreError: the directory or database could not be created or opened, or
+                the database has a schema version this code does not understand.
+        """
+        if path is None:
+            try:
+                conn = _connect(":memory:")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open in-memory database: {exc}") from exc
+            try:
+                _init_schema(conn)
+            except BaseException as exc:
+                conn.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot initialise in-memory database: {exc}") from exc
+                raise
+            return cls(writer=conn, reader=conn, path=None)
+
+        path = pathlib.Path(path)
+        try:
+            _make_private_dirs(path.parent)
+            _create_private_file(path)
+        except OSError as exc:
+            raise StoreError(f"cannot create database {path}: {exc}") from exc
+
+        writer: sqlite3.Connection | None = None
+        reader: sqlite3.Connection | None = None
+        try:
+            writer = _connect(path)
+            (mode,) = writer.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                # Still correct without WAL, because the busy timeout serialises
+                # readers and the writer. Reads would just wait for writes.
+                logger.warning("database %s: WAL unavailable, journal_mode=%s", path, mode)
+            _init_schema(writer)
+            reader = _connect(path)
+            # The read connection must never write, whatever a future bug asks of it.
+            reader.execute("PRAGMA query_only = ON")
+        except BaseException as exc:
+            for opened in (reader, writer):
+                if opened is not None:
+                    opened.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open database {path}: {exc}") from exc
+            raise
+        return cls(writer=writer, reader=reader, path=path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+
+    def load_rooms(self) -> list[StoredRoom]:
+        """Load every stored room.
+
+        Returns:
+            All rooms ordered by name, each with the highest seq in its log.
+
+        Raises:
+            StoreError: the store is closed or the query failed.
+        """
+        with self._read_lock:
+            self._check_open()
+            try:
+                rows = self._reader.execute(
+                    "SELECT r.name, r.app, r.created_at, r.meta, "
+                    "COALESCE((SELECT MAX(l.seq) FROM log AS l WHERE l.room = r.name), 0) "
+                    "FROM rooms AS r ORDER BY r.name"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot load rooms: {exc}") from exc
+        return [
+            StoredRoom(name=name, app=app, created_at=created_at, meta=meta, last_seq=last)
+            for name, app, created_at, meta, last in rows
+        ]
+
+    def write(self, batch: Sequence[Write]) -> None:
+        """Apply ``batch`` atomically, in order, in one transaction.
+
+        Returns once the transaction is committed and synced. An empty batch is a
+        no-op.
+
+        Raises:
+            StoreError: the store is closed, or some write failed (for example a
+                duplicate log seq). The transaction has been rolled back, so no
+                write of the batch is stored.
+        """
+        if not batch:
+            return
+        with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.cursor()
+                for item in batch:
+                    _apply(cur, item)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, Exception):
+                    raise StoreError(f"write of {len(batch)} item(s) failed: {exc}") from exc
+                raise
+
+    def _rollback(self) -> None:
+        # in_transaction is false if BEGIN itself failed, or if SQLite already rolled
+        # back on its own (it does that for some errors, e.g. SQLITE_FULL).
+        if not self._writer.in_transaction:
+            return
+        try:
+            self._writer.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("rollback failed")
+
+    def read_log(
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[LogEntry]:
+        """Read a page of ``room``'s log.
+
+        With ``after``, returns the first ``limit`` entries with seq > ``after`` (and
+        seq < ``before`` if given). Without ``after``, returns the last ``limit``
+        entries (with seq < ``before`` if given). A ``limit`` of 0 or less returns
+        nothing.
+
+        Returns:
+            The entries in ascending seq order. Empty for an unknown room.
+
+        Raises:
+            StoreError: the store is closed or the query failed.
+        """
+        if limit <= 0:
+            return []
+        clauses = ["room = ?"]
+        params: list[object] = [room]
+        if after is not None:
+            clauses.append("seq > ?")
+            params.append(after)
+        if before is not None:
+            clauses.append("seq < ?")
+            params.append(before)
+        # Paging forward from ``after`` wants the oldest matches. Everything else
+        # (latest history, or scrolling back from ``before``) wants the newest, so
+        # fetch those newest-first and flip.
+        newest_first = after is None
+        order = "DESC" if newest_first else "ASC"
+        sql = (
+            f"SELECT seq, at, body FROM log WHERE {' AND '.join(clauses)} "
+            f"ORDER BY seq {order} LIMIT ?"
+        )
+        params.append(limit)
+        with self._read_lock:
+            self._check_open()
+            try:
+                rows = self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read log of room {room!r}: {exc}") from exc
+        if newest_first:
+            rows.reverse()
+        return [LogEntry(seq=seq, at=at, body=body) for seq, at, body in rows]
+
+    def close(self) -> None:
+        """Close the database. Idempotent.
+
+        Waits for any read or write in progress on another thread to finish. Later
+        calls to other methods raise StoreError.
+        """
+        with self._write_lock:
+            if self._read_lock is self._write_lock:
+                self._close_locked()
+            else:
+                with self._read_lock:
+                    self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not self._writer:
+            self._reader.close()
+        self._writer.close()
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+DoneCallback: TypeAlias = Callable[[BaseException | None], None]
+
+_WRITE_TYPES = (PutRoom, DeleteRoom, AppendLog)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    writes: tuple[Write, ...]
+    on_done: DoneCallback
+
+
+class StoreWriter:
+    """Serialises all writes through one trio task that group-commits them.
+
+    Start it with ``await nursery.start(writer.run)`` and stop it with ``aclose()``.
+    """
+
+    def __init__(self, store: Store, *, queue_size: int = 4096) -> None:
+        self._store = store
+        send, receive = trio.open_memory_channel[_Job](queue_size)
+        self._send = send
+        self._receive = receive
+        # Held by whichever task is draining the queue: run(), or aclose() when run()
+        # is not running. There is only ever one consumer, so jobs keep their order.
+        self._serve_lock = trio.Lock()
+        # A private thread slot for commits. Reads use the default limiter, so a
+        # burst of slow reads cannot delay a commit waiting for a thread.
+        self._write_limiter = trio.CapacityLimiter(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit submitted jobs until ``aclose`` is called.
+
+        Start with ``await nursery.start(writer.run)``. Returns after ``aclose`` once
+        the queue is drained. If cancelled, a batch already taken off the queue is
+        still committed and its callbacks run. Jobs still queued stay queued for
+        ``aclose`` or a later ``run``.
+
+        Raises:
+            RuntimeError: another task is already running this writer.
+        """
+        if self._serve_lock.locked():
+            raise RuntimeError("StoreWriter is already being run by another task")
+        async with self._serve_lock:
+            task_status.started()
+            await self._serve()
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                first = await self._receive.receive()
+            except trio.EndOfChannel:
+                return
+            jobs = [first]
+            while True:
+                try:
+                    jobs.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            # These jobs have left the queue. Nobody else will ever commit them or call
+            # their callbacks, so finish the batch whatever happens to this task.
+            with trio.CancelScope(shield=True):
+                results = await trio.to_thread.run_sync(
+                    self._commit_jobs,
+                    jobs,
+                    abandon_on_cancel=False,
+                    limiter=self._write_limiter,
+                )
+            # Run callbacks synchronously, with no checkpoint in between. A
+            # cancellation cannot land between a commit and its callback, and
+            # callbacks from different batches cannot interleave.
+            for job, result in zip(jobs, results, strict=True):
+                try:
+                    job.on_done(result)
+                except Exception:
+                    logger.exception("store write callback %r raised", job.on_done)
+
+    def _commit_jobs(self, jobs: list[_Job]) -> list[Exception | None]:
+        # Runs in the worker thread. One thread hop per batch, retries included.
+        writes = [w for job in jobs for w in job.writes]
+        if not writes:
+            return [None] * len(jobs)
+        try:
+            self._store.write(writes)
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [exc]
+            logger.warning("batch of %d jobs failed (%s), retrying one by one", len(jobs), exc)
+        else:
+            return [None] * len(jobs)
+        results: list[Exception | None] = []
+        for job in jobs:
+            if not job.writes:
+                results.append(None)  # flush() markers have nothing to retry
+                continue
+            try:
+                self._store.write(job.writes)
+            except Exception as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    async def submit(self, writes: Sequence[Write], on_done: DoneCallback) -> None:
+        """Queue ``writes`` to be committed atomically, then ``on_done`` to be called.
+
+        ``on_done(None)`` runs after the commit, ``on_done(exc)`` if it failed. Either
+        way it runs from the writer task, in submission order. Waits only while the
+        queue is full.
+
+        Raises:
+            trio.ClosedResourceError: the writer has been closed.
+            TypeError: an item of ``writes`` is not a store write.
+        """
+        for item in writes:
+            if not isinstance(item, _WRITE_TYPES):
+                raise TypeError(f"not a store write: {item!r}")
+        await self._send.send(_Job(tuple(writes), on_done))
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """Submit ``writes`` and wait until they are committed.
+
+        If this call is cancelled after submitting, the writes are still committed
+        later. Cancelling only stops the waiting.
+
+        Raises:
+            StoreError: the commit failed; none of ``writes`` is stored.
+            trio.ClosedResourceError: the writer has been closed.
+        """
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
+
+        def on_done(exc: BaseException | None) -> None:
+            outcome.append(exc)
+            done.set()
+
+        await self.submit(writes, on_done)
+        await done.wait()
+        exc = outcome[0]
+        if exc is None:
+            return
+        if isinstance(exc, StoreError):
+            raise exc
+        raise StoreError(f"commit failed: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Wait until every job submitted before this call is committed (or failed).
+
+        Their callbacks have run by the time this returns. Does not raise for their
+        failures, which go to their callbacks.
+
+        Raises:
+            trio.ClosedResourceError: the writer has been closed.
+        """
+        # An empty job is a marker. Jobs complete in order, so once the marker's
+        # callback runs, everything queued before it is done.
+        done = trio.Event()
+        await self.submit((), lambda _exc: done.set())
+        await done.wait()
+
+    async def read_log(
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[LogEntry]:
+        """Run ``Store.read_log`` in a worker thread. Sees committed data only.
+
+        Returns:
+            The entries in ascending seq order (see ``Store.read_log``).
+
+        Raises:
+            StoreError: the store is closed or the query failed.
+        """
+
+        def read() -> list[LogEntry]:
+            return self._store.read_log(room, after=after, before=before, limit=limit)
+
+        # Abandoning a read on cancellation is harmless: it has no side effects.
+        return await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+
+    async def load_rooms(self) -> list[StoredRoom]:
+        """Run ``Store.load_rooms`` in a worker thread.
+
+        Returns:
+            All stored rooms ordered by name.
+
+        Raises:
+            StoreError: the store is closed or the query failed.
+        """
+        return await trio.to_thread.run_sync(self._store.load_rooms, abandon_on_cancel=True)
+
+    async def aclose(self) -> None:
+        """Stop accepting jobs, commit everything queued, stop ``run`` and close the Store.
+
+        Idempotent. Drains the queue itself if ``run`` is not running. If cancelled
+        while waiting for the drain, it still closes the Store. Any jobs a running
+        ``run`` has not committed by then fail with StoreError through their
+        callbacks.
+        """
+        # Closing the send side makes queued submit() calls raise ClosedResourceError.
+        # run() sees EndOfChannel once the queue is empty and returns.
+        self._send.close()
+        try:
+            async with self._serve_lock:
+                await self._serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._store.close)

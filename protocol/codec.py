@@ -1,0 +1,128 @@
+"""Encoders and decoders for the two wire formats.
+
+Build one ``Codec`` per format and direction at start-up and reuse it: msgspec's
+Encoder and Decoder objects are cheap to call and expensive to build. The decoder's
+type is the tagged union of every request (or event) type the endpoint knows, so apps
+extend the protocol by adding their types before the codec is built.
+"""
+
+import enum
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.limits import MAX_FRAME_BYTES
+from protocol.messages import Frame
+
+
+class WireFormat(enum.Enum):
+    """A WebSocket subprotocol and the encoding it implies."""
+
+    JSON = "roomctl.v1"  # text frames; the default for browsers
+    MSGPACK = "roomctl.v1.msgpack"  # binary frames
+
+    @property
+    def subprotocol(self) -> str:
+        return self.value
+
+    @property
+    def binary(self) -> bool:
+        return self is WireFormat.MSGPACK
+
+
+SUBPROTOCOLS: tuple[str, ...] = tuple(f.value for f in WireFormat)
+
+
+def negotiate(offered: Iterable[str]) -> WireFormat | None:
+    """Pick the wire format for a client's offered subprotocols.
+
+    Returns JSON when the client offered none (plain WebSocket clients), the first
+    offered format we speak otherwise, and None when it offered only unknown ones.
+    """
+    offered = [o.strip() for o in offered if o.strip()]
+    if not offered:
+        return WireFormat.JSON
+    for name in offered:
+        for fmt in WireFormat:
+            if fmt.value == name:
+                return fmt
+    return None
+
+
+class _RefOnly(msgspec.Struct):
+    ref: Any = None
+
+
+def _union(types: Iterable[type[Frame]]) -> Any:
+    unique = tuple(dict.fromkeys(types))
+    if not unique:
+        raise ValueError("a codec needs at least one frame type")
+    return typing.Union[unique]  # noqa: UP007 - built at run time from a tuple of types
+
+
+class Codec:
+    """Encodes outgoing frames and decodes incoming ones in one wire format.
+
+    ``incoming`` are the frame types this side accepts (requests on the daemon,
+    events on a client).
+    """
+
+    def __init__(
+        self,
+        fmt: WireFormat,
+        incoming: Iterable[type[Frame]],
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.format = fmt
+        self.max_frame_bytes = max_frame_bytes
+        union = _union(incoming)
+        self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder
+        if fmt is WireFormat.JSON:
+            self._encoder = msgspec.json.Encoder()
+            self._decoder: Any = msgspec.json.Decoder(union)
+            self._ref_decoder: Any = msgspec.json.Decoder(_RefOnly)
+        else:
+            self._encoder = msgspec.msgpack.Encoder()
+            self._decoder = msgspec.msgpack.Decoder(union)
+            self._ref_decoder = msgspec.msgpack.Decoder(_RefOnly)
+
+    def encode(self, frame: Frame) -> bytes:
+        """Return the frame's bytes (UTF-8 JSON text, or MessagePack)."""
+        return self._encoder.encode(frame)
+
+    def decode(self, data: bytes | str) -> Frame:
+        """Return the frame ``data`` holds.
+
+        Raises ProtocolError: ``too-large`` over the frame limit, ``bad-request`` for
+        malformed data, an unknown ``type``, or missing, mistyped or out-of-range fields.
+        """
+        if len(data) > self.max_frame_bytes:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes is over {self.max_frame_bytes}"
+            )
+        if isinstance(data, str):
+            if self.format is WireFormat.MSGPACK:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection expects binary frames")
+        elif self.format is WireFormat.JSON and not data[:1].isascii():
+            pass  # JSON may arrive in a binary frame too; the decoder validates UTF-8.
+        try:
+            frame: Frame = self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid frame: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}") from None
+        return frame
+
+    def ref_of(self, data: bytes | str) -> str | None:
+        """Best-effort ``ref`` of a frame that failed to decode, to echo in the error."""
+        if len(data) > self.max_frame_bytes:
+            return None
+        try:
+            ref = self._ref_decoder.decode(data).ref
+        except (msgspec.DecodeError, TypeError):
+            return None
+        return ref if isinstance(ref, str) and len(ref) <= 64 else None

@@ -1,0 +1,3 @@
+from roomctl.cli import main
+
+main()

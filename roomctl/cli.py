@@ -1,0 +1,137 @@
+"""The ``roomctl`` command line (Typer).
+
+Output meant for scripts goes to stdout; diagnostics go to stderr. Every connection
+option can also come from a ``ROOMCTL_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from roomctl import __version__
+
+app = typer.Typer(
+    name="roomctl",
+    help="Rooms for chat and WebRTC calls: run the daemon, manage rooms, take part.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"roomctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """roomctl: rooms for chat and WebRTC calls."""
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(envvar="ROOMCTL_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(envvar="ROOMCTL_PORT", min=0, max=65535, help="TCP port; 0 picks a free one."),
+    ] = 8750,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ROOMCTL_DATA_DIR",
+            help="Where rooms, messages and the admin token live "
+            "[default: $XDG_STATE_HOME/roomctl].",
+            show_default=False,
+        ),
+    ] = None,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory", envvar="ROOMCTL_MEMORY",
+            help="Keep rooms and messages in memory only (the admin token still goes to the "
+            "data directory).",
+        ),
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(envvar="ROOMCTL_GRACE", min=0.0,
+                     help="Seconds a dropped participant may take to resume before it leaves."),
+    ] = 60.0,
+    auto_create: Annotated[
+        bool,
+        typer.Option("--auto-create/--no-auto-create", envvar="ROOMCTL_AUTO_CREATE",
+                     help="Create a room when someone first joins it."),
+    ] = True,
+    log_level: Annotated[
+        str,
+        typer.Option(envvar="ROOMCTL_LOG_LEVEL", help="debug, info, warning or error."),
+    ] = "info",
+) -> None:
+    """Run the rooms daemon until SIGINT or SIGTERM.
+
+    Prints one line, "listening on http://HOST:PORT", once it accepts connections.
+    """
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
+        )
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import trio
+
+    from daemon import Config, serve
+    from daemon.config import default_data_dir
+
+    config = Config(
+        host=host,
+        port=port,
+        data_dir=data_dir if data_dir is not None else default_data_dir(),
+        memory=memory,
+        grace=grace,
+        auto_create=auto_create,
+    )
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                bound_host, bound_port = await nursery.start(serve, config)
+                print(f"listening on http://{_url_host(bound_host)}:{bound_port}", flush=True)
+                async for signum in signals:
+                    logging.getLogger("roomctl").info(
+                        "%s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        typer.echo(f"roomctl serve: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

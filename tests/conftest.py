@@ -1,0 +1,1 @@
+"""Shared fixtures: a real daemon on a real port, and real WebSocket clients."""
