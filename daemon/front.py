@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
+from http import HTTPStatus
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -257,6 +258,14 @@ def _rebuild_head(event: h11.Request) -> bytes:
     return b"".join(lines)
 
 
+def _reason(status: int) -> bytes:
+    # h11 would send an empty reason phrase; legal, but unfriendly in curl -v and logs.
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
 def _error_body(reason: str) -> bytes:
     escaped = reason.replace("\\", "\\\\").replace('"', '\\"')
     return b'{"error":"%s"}' % escaped.encode("ascii", errors="replace")
@@ -363,7 +372,9 @@ class _Connection:
         if declared is not None and int(declared) > limit:
             raise _Reject(413, "request body too large")
         if self._h11.they_are_waiting_for_100_continue:
-            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            await self._send(
+                h11.InformationalResponse(status_code=100, headers=[], reason=_reason(100))
+            )
         body = bytearray()
         with trio.move_on_after(self._limits.head_timeout) as scope:
             while True:
@@ -429,7 +440,7 @@ class _Connection:
         header_list = [*headers.values(), *extra]
         if close:
             header_list.append((b"Connection", b"close"))
-        return h11.Response(status_code=status, headers=header_list), body
+        return h11.Response(status_code=status, headers=header_list, reason=_reason(status)), body
 
     async def _send(self, *events: h11.Event) -> None:
         chunks: list[bytes] = []
