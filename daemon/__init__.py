@@ -1,6 +1,6 @@
 """roomctl's signaling daemon: rooms, sessions, the WebRTC relay, chat, on one trio port.
 
-Embed it in a trio program with ``await nursery.start(daemon.serve, config, apps=[...])``.
+Embed it in a trio program with ``await nursery.start(daemon.serve, config, [apps...])``.
 The engine, apps and config import no I/O framework; ``serve`` (and with it trio) is
 imported on first use, so ``import daemon.engine`` stays sans-IO.
 """

@@ -155,9 +155,22 @@ class Context:
             self.broadcast(ParticipantUpdated(participant=self.engine.view(self.session)))
 
     def set_room_meta(self, meta: Any) -> PutRoom:
-        """Replace the room's metadata in memory; return the write that stores it."""
+        """Replace the room's metadata in memory; return the write that stores it.
+
+        Pass ``undo=ctx.room_meta_undo(previous)`` to ``persist`` to revert on failure.
+        """
         self.room.meta = meta
         return self.engine.room_record(self.room)
+
+    def room_meta_undo(self, previous: Any) -> Callable[[], None]:
+        """Return an ``undo`` that restores ``previous`` unless the metadata changed since."""
+        room, current = self.room, self.room.meta
+
+        def undo() -> None:
+            if room.meta is current:
+                room.meta = previous
+
+        return undo
 
     def allocate_seq(self) -> int:
         """Reserve the room's next log sequence number."""
@@ -167,10 +180,16 @@ class Context:
     def log_entry(self, seq: int, body: bytes) -> AppendLog:
         return AppendLog(room=self.room.name, seq=seq, at=self.now, body=body)
 
-    def persist(self, *writes: Any, then: Callable[[Context], None] | None = None) -> None:
+    def persist(
+        self,
+        *writes: Any,
+        then: Callable[[Context], None] | None = None,
+        undo: Callable[[], None] | None = None,
+    ) -> None:
         """Store ``writes`` in one transaction; call ``then`` with a fresh context after commit.
 
-        If the commit fails, the requester gets an ``internal`` error instead.
+        If the commit fails, ``undo`` (if given) reverts what the handler changed in memory
+        and the requester gets an ``internal`` error instead.
         """
         room, session, ref, conn = self.room, self.session, self.ref, self.conn
         engine = self.engine
@@ -186,6 +205,8 @@ class Context:
             return ctx.effects
 
         def on_failure(exc: BaseException) -> list[Effect]:
+            if undo is not None:
+                undo()
             ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
             ctx.error(ErrorCode.INTERNAL, "the store failed to save this; it was not applied")
             return ctx.effects

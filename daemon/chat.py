@@ -95,13 +95,16 @@ def _send_message(ctx: Context, request: Request) -> None:
         sender_name=sender.name,
         text=request.text,
     )
-    # The count is part of the participant view, but announcing it per message would
-    # double the room's traffic; clients see it in participant lists.
-    ctx.set_session_meta(
-        msgspec.structs.replace(sender, messages_sent=sender.messages_sent + 1), announce=False
-    )
 
     def posted(after: Context) -> None:
+        if after.session is not None and after.session.room is after.room:
+            # The count is part of the participant view, but announcing it per message
+            # would double the room's traffic; clients see it in participant lists.
+            meta: ChatParticipantMeta = after.session_meta
+            after.set_session_meta(
+                msgspec.structs.replace(meta, messages_sent=meta.messages_sent + 1),
+                announce=False,
+            )
         after.ok(seq=message.seq)
         after.broadcast(MessagePosted(message=message))
 
@@ -127,13 +130,14 @@ def _get_messages(ctx: Context, request: Request) -> None:
 def _set_topic(ctx: Context, request: Request) -> None:
     assert isinstance(request, SetTopic)
     by = ctx.session.id if ctx.session is not None else None
-    write = ctx.set_room_meta(msgspec.structs.replace(ctx.room_meta, topic=request.topic))
+    previous = ctx.room_meta
+    write = ctx.set_room_meta(msgspec.structs.replace(previous, topic=request.topic))
 
     def changed(after: Context) -> None:
         after.ok()
         after.broadcast(TopicChanged(topic=request.topic, by=by))
 
-    ctx.persist(write, then=changed)
+    ctx.persist(write, then=changed, undo=ctx.room_meta_undo(previous))
 
 
 def _pin(ctx: Context, request: Request) -> None:
@@ -160,7 +164,7 @@ def _pin(ctx: Context, request: Request) -> None:
         after.ok()
         after.broadcast(PinsChanged(pins=pins, by=by))
 
-    ctx.persist(write, then=changed)
+    ctx.persist(write, then=changed, undo=ctx.room_meta_undo(meta))
 
 
 _HANDLERS: dict[type, Callable[[Context, Request], None]] = {

@@ -72,6 +72,8 @@ class Session:
     media: MediaState = field(default_factory=MediaState)
     # Mesh edges: the ids this session has (or is setting up) a peer connection with.
     peers: set[str] = field(default_factory=set)
+    # Edges dropped while this session was away: it is told to remove them on resume.
+    stale_peers: set[str] = field(default_factory=set)
 
     @property
     def live(self) -> bool:
@@ -135,6 +137,8 @@ class Engine:
         self.conns: dict[ConnId, Session] = {}
         self._by_token: dict[str, Session] = {}
         self._session_ids: set[str] = set()
+        # Stored rooms whose app is not installed: kept off limits so they are not overwritten.
+        self.foreign_rooms: set[str] = set()
         self.last_now = 0.0
 
     # --- start-up ------------------------------------------------------------------------
@@ -144,6 +148,7 @@ class Engine:
         for rec in stored:
             app = self.apps.get(rec.app)
             if app is None:
+                self.foreign_rooms.add(rec.name)
                 continue
             self.rooms[rec.name] = Room(
                 name=rec.name,
@@ -208,19 +213,19 @@ class Engine:
         effects: list[Effect] = []
         room = self.rooms.get(room_name)
         if room is None:
-            if not self.auto_create:
+            if not self.auto_create or hello.resume is not None or room_name in self.foreign_rooms:
                 return [
                     Send((conn,), Error(ref=hello.ref, code=ErrorCode.NOT_FOUND,
                                         message=f"no room named {room_name!r}")),
                     Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room"),
                 ]
             app = self.default_app
-            room = Room(
-                name=room_name,
-                app=app,
-                created_at=now,
-                meta=app.create_room(None, creator=hello.name),
-            )
+            try:
+                meta = app.create_room(None, creator=None if hello.hidden else hello.name)
+            except ProtocolError as exc:
+                return [Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)),
+                        Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room")]
+            room = Room(name=room_name, app=app, created_at=now, meta=meta)
             self.rooms[room_name] = room
             effects.append(Persist((self.room_record(room),)))
         try:
@@ -352,6 +357,9 @@ class Engine:
         ctx.reply(self._welcome(session, hello.ref, resumed=True))
         if not session.hidden:
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)), exclude_self=True)
+        for peer_id in sorted(session.stale_peers - session.peers):
+            ctx.effects.append(Send((conn,), RemovePeer(peer_id=peer_id)))
+        session.stale_peers.clear()
         if session.in_call:
             # Peers that entered the mesh while this one was away have no edge to it yet.
             for other in room.sessions.values():
@@ -394,8 +402,12 @@ class Engine:
             other.peers.discard(session.id)
             if other.conn is not None:
                 ctx.effects.append(Send((other.conn,), RemovePeer(peer_id=session.id)))
+            else:
+                other.stale_peers.add(session.id)
             if session.conn is not None:
                 ctx.effects.append(Send((session.conn,), RemovePeer(peer_id=other.id)))
+            else:
+                session.stale_peers.add(other.id)
         session.peers.clear()
 
     def _join(self, ctx: Context, request: Request) -> None:
@@ -504,6 +516,9 @@ class Engine:
 
     def _create_room(self, conn: ConnId, request: adm.CreateRoom, now: float) -> list[Effect]:
         existing = self.rooms.get(request.room)
+        if request.room in self.foreign_rooms:
+            raise ProtocolError(ErrorCode.CONFLICT,
+                                f"room {request.room!r} exists with an app this daemon lacks")
         if existing is not None:
             if request.if_missing:
                 return [Send((conn,), self._details(request.ref, existing))]
@@ -515,8 +530,13 @@ class Engine:
                     meta=app.create_room(request.meta, creator=None))
         self.rooms[room.name] = room
         ctx = Context(self, room, None, request.ref, now, conn=conn)
+
+        def undo() -> None:
+            if self.rooms.get(room.name) is room:
+                del self.rooms[room.name]
+
         ctx.persist(self.room_record(room),
-                    then=lambda c: c.reply(self._details(request.ref, room)))
+                    then=lambda c: c.reply(self._details(request.ref, room)), undo=undo)
         return ctx.effects
 
     def _delete_room(self, conn: ConnId, request: adm.DeleteRoom, now: float) -> list[Effect]:

@@ -1,0 +1,951 @@
+"""The room engine as a specification: events in, exact effects out. No sockets, no trio.
+
+Every test drives ``daemon.engine.Engine`` with the built-in chat app, deterministic
+session ids (``s1``, ``s2``...) and resume tokens (``token-1``...), explicit ``now``
+values and small integer connection ids, and compares the whole list of effects it
+returns. Deferred effects are checked by calling them as the server would: a
+``Persist``'s ``on_commit()`` / ``on_failure(exc)``, a ``Query``'s ``respond(entries)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, ClassVar
+from unittest.mock import ANY
+
+import msgspec
+import pytest
+
+from daemon.apps import App, Context
+from daemon.chat import ChatApp
+from daemon.effects import CancelTimer, Close, Effect, Persist, Query, Send, StartTimer
+from daemon.engine import Engine
+from daemon.records import AppendLog, LogEntry, PutRoom, StoredRoom
+from daemon.records import DeleteRoom as DeleteRoomRecord
+from protocol import CloseCode, ErrorCode, Request
+from protocol import admin as adm
+from protocol.chat import (
+    ChatMessage,
+    ChatParticipantMeta,
+    ChatRoomMeta,
+    GetMessages,
+    MessagePosted,
+    Messages,
+    Pin,
+    PinsChanged,
+    SendMessage,
+    SetName,
+    SetStatus,
+    SetTopic,
+    TopicChanged,
+    Unpin,
+)
+from protocol.messages import (
+    AddPeer,
+    Error,
+    GetParticipants,
+    Hello,
+    IceCandidate,
+    IceCandidateRelayed,
+    Join,
+    MediaState,
+    Ok,
+    Part,
+    Participant,
+    ParticipantJoined,
+    ParticipantLeft,
+    Participants,
+    ParticipantUpdated,
+    RelayIceCandidate,
+    RelaySessionDescription,
+    RemovePeer,
+    RoomInfo,
+    SessionDescription,
+    SessionDescriptionRelayed,
+    SetMediaState,
+    Welcome,
+)
+
+GRACE = 30.0
+ROOM = "lobby"
+ADMIN = 99  # the admin endpoint's connection id
+T0 = 1000.0  # alice says hello at T0, bob at T0 + 1
+
+# Connection ids of the usual cast.
+ALICE, BOB, CAROL, OBSERVER = 1, 2, 3, 4
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def make_engine(*apps: App[Any, Any], **options: Any) -> Engine:
+    """An engine whose session ids are s1, s2... and resume tokens token-1, token-2..."""
+    ids = (f"s{n}" for n in itertools.count(1))
+    tokens = (f"token-{n}" for n in itertools.count(1))
+    return Engine(list(apps) or [ChatApp()], grace=GRACE, server="roomctl-test",
+                  new_id=lambda: next(ids), new_token=lambda: next(tokens), **options)
+
+
+def person(session_id: str, name: str, joined_at: float, *, live: bool = True,
+           in_call: bool = False, media: MediaState | None = None,
+           messages_sent: int = 0, status: str = "online", status_text: str = ""
+           ) -> Participant:
+    """The participant view of a chat-room session."""
+    return Participant(
+        id=session_id, live=live, joined_at=joined_at, in_call=in_call,
+        media=media or MediaState(),
+        meta=ChatParticipantMeta(name=name, status=status,  # type: ignore[arg-type]
+                                 status_text=status_text, messages_sent=messages_sent),
+    )
+
+
+def chat_room(name: str = ROOM, *, participants: int, created_at: float = T0,
+              last_seq: int = 0, meta: ChatRoomMeta | None = None) -> RoomInfo:
+    return RoomInfo(name=name, app="chat", created_at=created_at, participants=participants,
+                    last_seq=last_seq, meta=meta or ChatRoomMeta(creator="alice"))
+
+
+def error(conn: int, code: ErrorCode, ref: str | None = None, message: Any = ANY) -> Send:
+    return Send((conn,), Error(ref=ref, code=code, message=message))
+
+
+def only_persist(effects: list[Effect]) -> Persist:
+    """Assert ``effects`` is exactly one ``Persist`` (nothing is sent before the commit)."""
+    assert len(effects) == 1 and isinstance(effects[0], Persist), effects
+    return effects[0]
+
+
+def commit(persist: Effect) -> list[Effect]:
+    assert isinstance(persist, Persist) and persist.on_commit is not None
+    return list(persist.on_commit())
+
+
+def fail(persist: Effect) -> list[Effect]:
+    assert isinstance(persist, Persist) and persist.on_failure is not None
+    return list(persist.on_failure(OSError("disk full")))
+
+
+def message(seq: int, at: float, sender: str, name: str, text: str) -> ChatMessage:
+    return ChatMessage(seq=seq, at=at, sender_id=sender, sender_name=name, text=text)
+
+
+def log_entry(msg: ChatMessage) -> LogEntry:
+    return LogEntry(seq=msg.seq, at=msg.at, body=msgspec.msgpack.encode(msg))
+
+
+def post(engine: Engine, conn: int, text: str, now: float, ref: str | None = None
+         ) -> list[Effect]:
+    """Send a message and commit it; return the effects of the commit."""
+    return commit(only_persist(engine.request(conn, SendMessage(text=text, ref=ref), now)))
+
+
+def admin_create(engine: Engine, room: str, *, app: str = "chat",
+                 meta: dict[str, Any] | None = None, now: float = T0) -> list[Effect]:
+    effects = engine.admin(ADMIN, adm.CreateRoom(room=room, app=app, meta=meta), now)
+    return commit(only_persist(effects))
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return make_engine()
+
+
+@pytest.fixture
+def pair(engine: Engine) -> Engine:
+    """Alice (conn 1, s1, token-1) and Bob (conn 2, s2, token-2) are in the lobby."""
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+    engine.hello(BOB, ROOM, Hello(name="bob"), T0 + 1)
+    return engine
+
+
+ALICE_VIEW = person("s1", "alice", T0)
+BOB_VIEW = person("s2", "bob", T0 + 1)
+
+
+# --- hello -------------------------------------------------------------------------------------
+
+
+def test_first_hello_creates_the_room_persists_it_and_welcomes(engine: Engine) -> None:
+    effects = engine.hello(ALICE, ROOM, Hello(name="alice", ref="h1"), T0)
+
+    assert effects == [
+        Persist((PutRoom(name=ROOM, app="chat", created_at=T0,
+                         meta=msgspec.json.encode(ChatRoomMeta(creator="alice"))),)),
+        Send((ALICE,), Welcome(ref="h1", session_id="s1", resume_token="token-1",
+                               resumed=False, room=chat_room(participants=1),
+                               participants=[ALICE_VIEW], grace=GRACE,
+                               server="roomctl-test")),
+    ]
+
+
+def test_second_hello_lists_both_and_announces_the_newcomer(engine: Engine) -> None:
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+
+    effects = engine.hello(BOB, ROOM, Hello(name="bob", ref="h2"), T0 + 1)
+
+    assert effects == [
+        Send((BOB,), Welcome(ref="h2", session_id="s2", resume_token="token-2",
+                             room=chat_room(participants=2),
+                             participants=[ALICE_VIEW, BOB_VIEW], grace=GRACE,
+                             server="roomctl-test")),
+        Send((ALICE,), ParticipantJoined(participant=BOB_VIEW)),
+    ]
+
+
+def test_hello_without_a_name_makes_a_guest(engine: Engine) -> None:
+    effects = engine.hello(ALICE, ROOM, Hello(), T0)
+    welcome = effects[-1]
+    assert isinstance(welcome, Send) and isinstance(welcome.frame, Welcome)
+    assert welcome.frame.participants == [person("s1", "guest", T0)]
+
+
+def test_requests_before_hello_are_refused(engine: Engine) -> None:
+    assert engine.request(ALICE, SendMessage(text="hi", ref="m1"), T0) == [
+        error(ALICE, ErrorCode.BAD_REQUEST, "m1", "say hello first")
+    ]
+    assert engine.rooms == {}
+
+
+def test_a_second_hello_on_the_same_connection_is_a_conflict(pair: Engine) -> None:
+    # Through either entry point: the server hands a decoded hello to request().
+    assert pair.hello(ALICE, ROOM, Hello(name="again", ref="h"), T0 + 5) == [
+        error(ALICE, ErrorCode.CONFLICT, "h")
+    ]
+    assert pair.request(ALICE, Hello(name="again", ref="h"), T0 + 5) == [
+        error(ALICE, ErrorCode.CONFLICT, "h")
+    ]
+    assert pair.participants(pair.rooms[ROOM]) == [ALICE_VIEW, BOB_VIEW]
+
+
+def test_without_auto_create_an_unknown_room_is_refused_and_closed() -> None:
+    engine = make_engine(auto_create=False)
+
+    effects = engine.hello(ALICE, "nowhere", Hello(name="alice", ref="h"), T0)
+
+    assert effects == [
+        error(ALICE, ErrorCode.NOT_FOUND, "h"),
+        Close(ALICE, CloseCode.ROOM_NOT_FOUND, ANY),
+    ]
+    assert engine.rooms == {} and engine.conns == {}
+
+
+def test_without_auto_create_an_admin_created_room_is_joinable() -> None:
+    engine = make_engine(auto_create=False)
+    admin_create(engine, ROOM)
+
+    effects = engine.hello(ALICE, ROOM, Hello(name="alice"), T0 + 1)
+
+    assert [type(e) for e in effects] == [Send]
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Welcome)
+
+
+# --- leaving, the grace period and resuming ----------------------------------------------------
+
+
+def test_a_dropped_connection_leaves_the_participant_not_live_for_the_grace(pair: Engine) -> None:
+    effects = pair.disconnect(ALICE, T0 + 10)
+
+    assert effects == [
+        Send((BOB,), ParticipantUpdated(participant=person("s1", "alice", T0, live=False))),
+        StartTimer(("grace", "s1"), T0 + 10 + GRACE),
+    ]
+    assert pair.participants(pair.rooms[ROOM]) == [person("s1", "alice", T0, live=False),
+                                                   BOB_VIEW]
+
+
+def test_grace_expiry_removes_the_participant_as_a_timeout(pair: Engine) -> None:
+    pair.disconnect(ALICE, T0 + 10)
+
+    effects = pair.timer_fired(("grace", "s1"), T0 + 10 + GRACE)
+
+    assert effects == [Send((BOB,), ParticipantLeft(participant_id="s1", reason="timeout"))]
+    assert pair.participants(pair.rooms[ROOM]) == [BOB_VIEW]
+
+
+def test_grace_expiry_of_a_peer_in_the_call_tells_its_peers_to_drop_it(pair: Engine) -> None:
+    pair.request(ALICE, Join(), T0 + 2)
+    pair.request(BOB, Join(), T0 + 3)
+    pair.disconnect(ALICE, T0 + 10)
+
+    effects = pair.timer_fired(("grace", "s1"), T0 + 10 + GRACE)
+
+    assert effects == [
+        Send((BOB,), RemovePeer(peer_id="s1")),
+        Send((BOB,), ParticipantLeft(participant_id="s1", reason="timeout")),
+    ]
+
+
+def test_resume_within_grace_restores_the_same_session_without_churn(pair: Engine) -> None:
+    pair.disconnect(ALICE, T0 + 10)
+
+    effects = pair.hello(CAROL, ROOM, Hello(name="alice", resume="token-1", ref="h"), T0 + 20)
+
+    assert effects == [
+        CancelTimer(("grace", "s1")),
+        Send((CAROL,), Welcome(ref="h", session_id="s1", resume_token="token-1", resumed=True,
+                               room=chat_room(participants=2),
+                               participants=[ALICE_VIEW, BOB_VIEW], grace=GRACE,
+                               server="roomctl-test")),
+        Send((BOB,), ParticipantUpdated(participant=ALICE_VIEW)),
+    ]
+    # The resumed session answers on its new connection; a stale timer is a no-op.
+    assert pair.timer_fired(("grace", "s1"), T0 + 10 + GRACE) == []
+    assert pair.request(CAROL, SetName(name="alice2", ref="n"), T0 + 21)[-1] == \
+        Send((CAROL,), Ok(ref="n"))
+
+
+def test_resume_with_a_wrong_token_is_not_found_and_makes_no_session(pair: Engine) -> None:
+    pair.disconnect(ALICE, T0 + 10)
+
+    effects = pair.hello(CAROL, ROOM, Hello(resume="token-999", ref="h"), T0 + 20)
+
+    assert effects == [error(CAROL, ErrorCode.NOT_FOUND, "h")]
+    assert CAROL not in pair.conns
+    assert pair.request(CAROL, GetParticipants(ref="p"), T0 + 21) == [
+        error(CAROL, ErrorCode.BAD_REQUEST, "p", "say hello first")
+    ]
+
+
+def test_resume_after_the_grace_expired_is_not_found(pair: Engine) -> None:
+    pair.disconnect(ALICE, T0 + 10)
+    pair.timer_fired(("grace", "s1"), T0 + 10 + GRACE)
+
+    effects = pair.hello(CAROL, ROOM, Hello(resume="token-1", ref="h"), T0 + 11 + GRACE)
+
+    assert effects == [error(CAROL, ErrorCode.NOT_FOUND, "h")]
+    assert CAROL not in pair.conns
+    assert [p.id for p in pair.participants(pair.rooms[ROOM])] == ["s2"]
+
+
+def test_resume_token_of_another_room_is_not_found(pair: Engine) -> None:
+    pair.disconnect(ALICE, T0 + 10)
+    pair.hello(CAROL, "elsewhere", Hello(name="carol"), T0 + 11)
+
+    effects = pair.hello(OBSERVER, "elsewhere", Hello(resume="token-1", ref="h"), T0 + 12)
+
+    assert effects == [error(OBSERVER, ErrorCode.NOT_FOUND, "h")]
+
+
+def test_resume_while_the_old_connection_is_attached_closes_the_old_one(pair: Engine) -> None:
+    effects = pair.hello(CAROL, ROOM, Hello(resume="token-1", ref="h"), T0 + 20)
+
+    assert effects == [
+        Close(ALICE, CloseCode.SESSION_RESUMED, ANY),
+        Send((CAROL,), Welcome(ref="h", session_id="s1", resume_token="token-1", resumed=True,
+                               room=chat_room(participants=2),
+                               participants=[ALICE_VIEW, BOB_VIEW], grace=GRACE,
+                               server="roomctl-test")),
+        Send((BOB,), ParticipantUpdated(participant=ALICE_VIEW)),
+    ]
+    # The old connection's end is no longer the session's: no grace timer, no update.
+    assert pair.disconnect(ALICE, T0 + 21) == []
+    assert pair.conns[CAROL].id == "s1"
+
+
+# --- hidden observers --------------------------------------------------------------------------
+
+
+def test_a_hidden_observer_is_welcomed_but_never_announced(pair: Engine) -> None:
+    effects = pair.hello(OBSERVER, ROOM, Hello(name="tail", hidden=True, ref="h"), T0 + 5)
+
+    assert effects == [
+        Send((OBSERVER,), Welcome(ref="h", session_id="s3", resume_token="token-3",
+                                  room=chat_room(participants=2),
+                                  participants=[ALICE_VIEW, BOB_VIEW], grace=GRACE,
+                                  server="roomctl-test")),
+    ]
+    assert pair.request(ALICE, GetParticipants(ref="p"), T0 + 6) == [
+        Send((ALICE,), Participants(ref="p", participants=[ALICE_VIEW, BOB_VIEW]))
+    ]
+
+
+def test_a_hidden_observer_ends_at_once_on_disconnect(pair: Engine) -> None:
+    pair.hello(OBSERVER, ROOM, Hello(name="tail", hidden=True), T0 + 5)
+
+    assert pair.disconnect(OBSERVER, T0 + 6) == []  # no left delta, no grace timer
+    assert "s3" not in pair.rooms[ROOM].sessions
+    assert pair.hello(CAROL, ROOM, Hello(resume="token-3", ref="h"), T0 + 7) == [
+        error(CAROL, ErrorCode.NOT_FOUND, "h")
+    ]
+
+
+def test_a_hidden_observer_cannot_join_the_mesh_or_be_relayed_to(pair: Engine) -> None:
+    pair.hello(OBSERVER, ROOM, Hello(name="tail", hidden=True), T0 + 5)
+
+    assert pair.request(OBSERVER, Join(ref="j"), T0 + 6) == [
+        error(OBSERVER, ErrorCode.FORBIDDEN, "j")
+    ]
+    assert pair.request(OBSERVER, RelayIceCandidate(peer_id="s1", candidate=IceCandidate(),
+                                                    ref="r"), T0 + 6) == [
+        error(OBSERVER, ErrorCode.FORBIDDEN, "r")
+    ]
+    assert pair.request(ALICE, RelayIceCandidate(peer_id="s3", candidate=IceCandidate(),
+                                                 ref="r"), T0 + 6) == [
+        error(ALICE, ErrorCode.NOT_FOUND, "r")
+    ]
+    assert not pair.rooms[ROOM].sessions["s3"].in_call
+
+
+def test_a_hidden_observer_receives_room_broadcasts(pair: Engine) -> None:
+    pair.hello(OBSERVER, ROOM, Hello(name="tail", hidden=True), T0 + 5)
+
+    effects = post(pair, ALICE, "hi", T0 + 6)
+
+    assert effects == [
+        Send((ALICE, BOB, OBSERVER),
+             MessagePosted(message=message(1, T0 + 6, "s1", "alice", "hi"))),
+    ]
+    # ...and participant deltas of the visible ones.
+    assert pair.disconnect(BOB, T0 + 7) == [
+        Send((ALICE, OBSERVER), ParticipantUpdated(participant=person("s2", "bob", T0 + 1,
+                                                                      live=False))),
+        StartTimer(("grace", "s2"), T0 + 7 + GRACE),
+    ]
+
+
+def test_a_hidden_observer_changing_its_name_is_not_announced(pair: Engine) -> None:
+    pair.hello(OBSERVER, ROOM, Hello(name="tail", hidden=True), T0 + 5)
+
+    assert pair.request(OBSERVER, SetName(name="tail2", ref="n"), T0 + 6) == [
+        Send((OBSERVER,), Ok(ref="n"))
+    ]
+
+
+# --- room limits -------------------------------------------------------------------------------
+
+
+def test_a_room_with_max_participants_refuses_one_more_but_not_observers(engine: Engine) -> None:
+    admin_create(engine, ROOM, meta={"max_participants": 2})
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+    engine.hello(BOB, ROOM, Hello(name="bob"), T0 + 1)
+
+    assert engine.hello(CAROL, ROOM, Hello(name="carol", ref="h"), T0 + 2) == [
+        error(CAROL, ErrorCode.ROOM_FULL, "h")
+    ]
+    assert CAROL not in engine.conns
+    effects = engine.hello(OBSERVER, ROOM, Hello(name="tail", hidden=True), T0 + 3)
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Welcome)
+    assert engine.rooms[ROOM].visible_count() == 2
+
+
+def test_a_participant_in_grace_still_holds_its_place(engine: Engine) -> None:
+    admin_create(engine, ROOM, meta={"max_participants": 2})
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+    engine.hello(BOB, ROOM, Hello(name="bob"), T0 + 1)
+    engine.disconnect(BOB, T0 + 2)
+
+    assert engine.hello(CAROL, ROOM, Hello(name="carol", ref="h"), T0 + 3) == [
+        error(CAROL, ErrorCode.ROOM_FULL, "h")
+    ]
+    engine.timer_fired(("grace", "s2"), T0 + 2 + GRACE)
+    # The refused connection may say hello again; now there is room.
+    effects = engine.hello(CAROL, ROOM, Hello(name="carol", ref="h"), T0 + 3 + GRACE)
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Welcome)
+
+
+# --- the WebRTC mesh ---------------------------------------------------------------------------
+
+
+def test_the_first_to_join_gets_no_peers(pair: Engine) -> None:
+    assert pair.request(ALICE, Join(ref="j"), T0 + 2) == [
+        Send((ALICE, BOB), ParticipantUpdated(participant=person("s1", "alice", T0,
+                                                                 in_call=True))),
+        Send((ALICE,), Ok(ref="j")),
+    ]
+
+
+def test_a_newcomer_to_the_call_offers_to_each_peer_already_in_it(pair: Engine) -> None:
+    pair.request(ALICE, Join(), T0 + 2)
+
+    assert pair.request(BOB, Join(ref="j"), T0 + 3) == [
+        Send((ALICE,), AddPeer(peer_id="s2", should_create_offer=False)),
+        Send((BOB,), AddPeer(peer_id="s1", should_create_offer=True)),
+        Send((ALICE, BOB), ParticipantUpdated(participant=person("s2", "bob", T0 + 1,
+                                                                 in_call=True))),
+        Send((BOB,), Ok(ref="j")),
+    ]
+    # Joining again changes nothing; without a ref there is not even an ok.
+    assert pair.request(BOB, Join(ref="again"), T0 + 4) == [Send((BOB,), Ok(ref="again"))]
+    assert pair.request(BOB, Join(), T0 + 4) == []
+
+
+def test_part_drops_both_ends_of_each_edge(pair: Engine) -> None:
+    pair.request(ALICE, Join(), T0 + 2)
+    pair.request(BOB, Join(), T0 + 3)
+
+    assert pair.request(BOB, Part(ref="p"), T0 + 4) == [
+        Send((ALICE,), RemovePeer(peer_id="s2")),
+        Send((BOB,), RemovePeer(peer_id="s1")),
+        Send((ALICE, BOB), ParticipantUpdated(participant=person("s2", "bob", T0 + 1))),
+        Send((BOB,), Ok(ref="p")),
+    ]
+    assert pair.request(BOB, Part(ref="p2"), T0 + 5) == [Send((BOB,), Ok(ref="p2"))]
+
+
+def test_a_peer_in_grace_is_not_offered_to_newcomers_until_it_resumes(pair: Engine) -> None:
+    pair.request(ALICE, Join(), T0 + 2)
+    pair.request(BOB, Join(), T0 + 3)
+    pair.disconnect(ALICE, T0 + 4)
+    pair.hello(CAROL, ROOM, Hello(name="carol"), T0 + 5)
+
+    # Carol (s3) joins: only Bob is live in the call.
+    joined = pair.request(CAROL, Join(), T0 + 6)
+    assert [e for e in joined if isinstance(e, Send) and isinstance(e.frame, AddPeer)] == [
+        Send((BOB,), AddPeer(peer_id="s3", should_create_offer=False)),
+        Send((CAROL,), AddPeer(peer_id="s2", should_create_offer=True)),
+    ]
+    # Alice resumes: she keeps her edge to Bob and offers to Carol, whom she never met.
+    resumed = pair.hello(OBSERVER, ROOM, Hello(resume="token-1"), T0 + 7)
+    assert [e for e in resumed if isinstance(e, Send) and isinstance(e.frame, AddPeer)] == [
+        Send((CAROL,), AddPeer(peer_id="s1", should_create_offer=False)),
+        Send((OBSERVER,), AddPeer(peer_id="s3", should_create_offer=True)),
+    ]
+
+
+def test_a_resumed_peer_learns_of_edges_dropped_while_it_was_away(pair: Engine) -> None:
+    pair.request(ALICE, Join(), T0 + 2)
+    pair.request(BOB, Join(), T0 + 3)
+    pair.disconnect(ALICE, T0 + 4)
+    pair.request(BOB, Part(), T0 + 5)  # Alice is away: nothing can reach her
+
+    resumed = pair.hello(CAROL, ROOM, Hello(resume="token-1"), T0 + 6)
+
+    assert Send((CAROL,), RemovePeer(peer_id="s2")) in resumed
+
+
+def test_relay_delivers_to_the_target_with_the_sender_as_peer_id(pair: Engine) -> None:
+    candidate = IceCandidate(candidate="candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host",
+                             sdp_mid="0", sdp_m_line_index=0)
+    offer = SessionDescription(type="offer", sdp="v=0\r\n")
+
+    assert pair.request(ALICE, RelayIceCandidate(peer_id="s2", candidate=candidate, ref="i"),
+                        T0 + 2) == [
+        Send((BOB,), IceCandidateRelayed(peer_id="s1", candidate=candidate)),
+        Send((ALICE,), Ok(ref="i")),
+    ]
+    assert pair.request(BOB, RelaySessionDescription(peer_id="s1", description=offer),
+                        T0 + 3) == [
+        Send((ALICE,), SessionDescriptionRelayed(peer_id="s2", description=offer)),
+    ]
+
+
+@pytest.mark.parametrize("target", ["s1", "s99", ""])
+def test_relay_to_self_or_an_unknown_peer_is_not_found(pair: Engine, target: str) -> None:
+    assert pair.request(ALICE, RelayIceCandidate(peer_id=target, candidate=IceCandidate(),
+                                                 ref="r"), T0 + 2) == [
+        error(ALICE, ErrorCode.NOT_FOUND, "r")
+    ]
+
+
+def test_relay_is_confined_to_the_room(pair: Engine) -> None:
+    pair.hello(CAROL, "elsewhere", Hello(name="carol"), T0 + 2)  # s3 in another room
+
+    effects = pair.request(ALICE, RelaySessionDescription(
+        peer_id="s3", description=SessionDescription(type="offer", sdp="x"), ref="r"), T0 + 3)
+
+    assert effects == [error(ALICE, ErrorCode.NOT_FOUND, "r")]
+    assert not any(isinstance(e, Send) and CAROL in e.to for e in effects)
+
+
+def test_relay_to_a_peer_in_grace_says_it_is_reconnecting(pair: Engine) -> None:
+    pair.disconnect(BOB, T0 + 2)
+
+    effects = pair.request(ALICE, RelayIceCandidate(peer_id="s2", candidate=IceCandidate(),
+                                                    ref="r"), T0 + 3)
+
+    assert effects == [error(ALICE, ErrorCode.NOT_FOUND, "r")]
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Error)
+    assert "reconnecting" in effects[0].frame.message
+
+
+def test_media_state_changes_are_broadcast_once(pair: Engine) -> None:
+    request = SetMediaState(audio_muted=False, video_muted=True, ref="m")
+    unmuted = person("s1", "alice", T0, media=MediaState(audio_muted=False, video_muted=True))
+
+    assert pair.request(ALICE, request, T0 + 2) == [
+        Send((ALICE, BOB), ParticipantUpdated(participant=unmuted)),
+        Send((ALICE,), Ok(ref="m")),
+    ]
+    assert pair.request(ALICE, request, T0 + 3) == [Send((ALICE,), Ok(ref="m"))]
+
+
+# --- the chat app ------------------------------------------------------------------------------
+
+
+def test_send_message_is_acknowledged_and_broadcast_only_after_commit(pair: Engine) -> None:
+    first = pair.request(ALICE, SendMessage(text="hello", ref="m1"), T0 + 5)
+    second = pair.request(BOB, SendMessage(text="hi alice", ref="m2"), T0 + 6)
+
+    hello = message(1, T0 + 5, "s1", "alice", "hello")
+    hi = message(2, T0 + 6, "s2", "bob", "hi alice")
+    assert only_persist(first).writes == (
+        AppendLog(room=ROOM, seq=1, at=T0 + 5, body=msgspec.msgpack.encode(hello)),
+    )
+    assert only_persist(second).writes == (
+        AppendLog(room=ROOM, seq=2, at=T0 + 6, body=msgspec.msgpack.encode(hi)),
+    )
+    assert pair.rooms[ROOM].last_seq == 0  # nothing is committed yet
+
+    assert commit(first[0]) == [
+        Send((ALICE,), Ok(ref="m1", seq=1)),
+        Send((ALICE, BOB), MessagePosted(message=hello)),
+    ]
+    assert pair.rooms[ROOM].last_seq == 1
+    assert commit(second[0]) == [
+        Send((BOB,), Ok(ref="m2", seq=2)),
+        Send((ALICE, BOB), MessagePosted(message=hi)),
+    ]
+    assert pair.rooms[ROOM].last_seq == 2
+
+
+def test_send_message_without_ref_gets_no_ok(pair: Engine) -> None:
+    assert post(pair, ALICE, "quiet", T0 + 5) == [
+        Send((ALICE, BOB), MessagePosted(message=message(1, T0 + 5, "s1", "alice", "quiet"))),
+    ]
+
+
+def test_a_failed_commit_answers_internal_and_broadcasts_nothing(pair: Engine) -> None:
+    effects = pair.request(ALICE, SendMessage(text="lost", ref="m1"), T0 + 5)
+
+    assert fail(only_persist(effects)) == [error(ALICE, ErrorCode.INTERNAL, "m1")]
+    assert pair.rooms[ROOM].last_seq == 0
+
+
+def test_a_message_that_failed_to_commit_is_not_counted(pair: Engine) -> None:
+    fail(only_persist(pair.request(ALICE, SendMessage(text="lost"), T0 + 5)))
+
+    assert pair.request(BOB, GetParticipants(ref="p"), T0 + 6) == [
+        Send((BOB,), Participants(ref="p", participants=[ALICE_VIEW, BOB_VIEW])),
+    ]
+
+
+def test_a_set_topic_that_failed_to_commit_changes_nothing(pair: Engine) -> None:
+    effects = pair.request(BOB, SetTopic(topic="never saved", ref="t"), T0 + 5)
+    assert fail(only_persist(effects)) == [error(BOB, ErrorCode.INTERNAL, "t")]
+
+    welcome = pair.hello(CAROL, ROOM, Hello(name="carol"), T0 + 6)[0]
+
+    assert isinstance(welcome, Send) and isinstance(welcome.frame, Welcome)
+    assert welcome.frame.room == chat_room(participants=3)
+
+
+def test_messages_sent_is_counted_without_a_participant_update(pair: Engine) -> None:
+    post(pair, ALICE, "one", T0 + 5)
+    post(pair, ALICE, "two", T0 + 6)
+
+    assert pair.request(BOB, GetParticipants(ref="p"), T0 + 7) == [
+        Send((BOB,), Participants(ref="p", participants=[
+            person("s1", "alice", T0, messages_sent=2), BOB_VIEW])),
+    ]
+
+
+def test_set_name_and_set_status_broadcast_participant_updated(pair: Engine) -> None:
+    assert pair.request(ALICE, SetName(name="Alice L.", ref="n"), T0 + 5) == [
+        Send((ALICE, BOB), ParticipantUpdated(participant=person("s1", "Alice L.", T0))),
+        Send((ALICE,), Ok(ref="n")),
+    ]
+    assert pair.request(ALICE, SetStatus(status="away", text="lunch", ref="s"), T0 + 6) == [
+        Send((ALICE, BOB), ParticipantUpdated(participant=person(
+            "s1", "Alice L.", T0, status="away", status_text="lunch"))),
+        Send((ALICE,), Ok(ref="s")),
+    ]
+    # The new name is what later messages carry.
+    assert post(pair, ALICE, "back", T0 + 7) == [
+        Send((ALICE, BOB), MessagePosted(message=message(1, T0 + 7, "s1", "Alice L.", "back"))),
+    ]
+
+
+def test_set_topic_is_stored_then_acknowledged_and_broadcast(pair: Engine) -> None:
+    effects = pair.request(BOB, SetTopic(topic="release plans", ref="t"), T0 + 5)
+
+    persist = only_persist(effects)
+    assert persist.writes == (
+        PutRoom(name=ROOM, app="chat", created_at=T0,
+                meta=msgspec.json.encode(ChatRoomMeta(topic="release plans", creator="alice"))),
+    )
+    assert commit(persist) == [
+        Send((BOB,), Ok(ref="t")),
+        Send((ALICE, BOB), TopicChanged(topic="release plans", by="s2")),
+    ]
+
+
+def test_pin_needs_a_committed_message(pair: Engine) -> None:
+    assert pair.request(ALICE, Pin(seq=1, ref="p"), T0 + 5) == [
+        error(ALICE, ErrorCode.NOT_FOUND, "p")
+    ]
+    pending = pair.request(ALICE, SendMessage(text="pin me"), T0 + 6)
+    # Allocated but not yet on disk: still not found.
+    assert pair.request(ALICE, Pin(seq=1, ref="p"), T0 + 7) == [
+        error(ALICE, ErrorCode.NOT_FOUND, "p")
+    ]
+    commit(pending[0])
+
+    persist = only_persist(pair.request(ALICE, Pin(seq=1, ref="p"), T0 + 8))
+
+    assert persist.writes == (
+        PutRoom(name=ROOM, app="chat", created_at=T0,
+                meta=msgspec.json.encode(ChatRoomMeta(pins=[1], creator="alice"))),
+    )
+    assert commit(persist) == [
+        Send((ALICE,), Ok(ref="p")),
+        Send((ALICE, BOB), PinsChanged(pins=[1], by="s1")),
+    ]
+    # Pinning it again is a no-op success.
+    assert pair.request(ALICE, Pin(seq=1, ref="again"), T0 + 9) == [
+        Send((ALICE,), Ok(ref="again"))
+    ]
+    assert pair.request(ALICE, Pin(seq=2, ref="p2"), T0 + 9) == [
+        error(ALICE, ErrorCode.NOT_FOUND, "p2")
+    ]
+
+
+def test_unpin(pair: Engine) -> None:
+    post(pair, ALICE, "one", T0 + 5)
+    post(pair, ALICE, "two", T0 + 6)
+    commit(pair.request(ALICE, Pin(seq=2), T0 + 7)[0])
+    commit(pair.request(ALICE, Pin(seq=1), T0 + 8)[0])
+
+    assert pair.request(BOB, Unpin(seq=3, ref="u"), T0 + 9) == [
+        error(BOB, ErrorCode.NOT_FOUND, "u")
+    ]
+    persist = only_persist(pair.request(BOB, Unpin(seq=1, ref="u"), T0 + 10))
+    assert persist.writes == (
+        PutRoom(name=ROOM, app="chat", created_at=T0,
+                meta=msgspec.json.encode(ChatRoomMeta(pins=[2], creator="alice"))),
+    )
+    assert commit(persist) == [
+        Send((BOB,), Ok(ref="u")),
+        Send((ALICE, BOB), PinsChanged(pins=[2], by="s2")),
+    ]
+    assert pair.request(BOB, Unpin(seq=1, ref="u2"), T0 + 11) == [
+        error(BOB, ErrorCode.NOT_FOUND, "u2")
+    ]
+
+
+HISTORY = [message(n, T0 + n, "s1", "alice", f"m{n}") for n in range(1, 6)]
+
+
+def query_of(effects: list[Effect]) -> Query:
+    assert len(effects) == 1 and isinstance(effects[0], Query), effects
+    return effects[0]
+
+
+def test_get_messages_forward_reads_one_extra_to_learn_has_more(pair: Engine) -> None:
+    query = query_of(pair.request(BOB, GetMessages(after=0, limit=2, ref="g"), T0 + 10))
+
+    assert (query.room, query.after, query.before, query.limit) == (ROOM, 0, None, 3)
+    # The store returns the first limit+1 after the cursor, ascending.
+    assert list(query.respond([log_entry(m) for m in HISTORY[0:3]])) == [
+        Send((BOB,), Messages(ref="g", messages=HISTORY[0:2], has_more=True)),
+    ]
+    assert list(query.respond([log_entry(m) for m in HISTORY[3:5]])) == [
+        Send((BOB,), Messages(ref="g", messages=HISTORY[3:5], has_more=False)),
+    ]
+
+
+def test_get_messages_backward_keeps_the_newest_of_the_page(pair: Engine) -> None:
+    query = query_of(pair.request(BOB, GetMessages(limit=2, ref="g"), T0 + 10))
+
+    assert (query.room, query.after, query.before, query.limit) == (ROOM, None, None, 3)
+    # The store returns the last limit+1 (before the cursor), ascending.
+    assert list(query.respond([log_entry(m) for m in HISTORY[2:5]])) == [
+        Send((BOB,), Messages(ref="g", messages=HISTORY[3:5], has_more=True)),
+    ]
+
+    older = query_of(pair.request(BOB, GetMessages(before=4, limit=3, ref="o"), T0 + 11))
+    assert (older.after, older.before, older.limit) == (None, 4, 4)
+    assert list(older.respond([log_entry(m) for m in HISTORY[0:3]])) == [
+        Send((BOB,), Messages(ref="o", messages=HISTORY[0:3], has_more=False)),
+    ]
+    assert list(older.respond([])) == [Send((BOB,), Messages(ref="o", messages=[]))]
+
+
+# --- a room of another app ---------------------------------------------------------------------
+
+
+class QuietMeta(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class QuietApp(App[QuietMeta, None]):
+    """An app with no requests of its own: only the core protocol works in its rooms."""
+
+    name = "quiet"
+    room_meta_type = QuietMeta
+    requests: ClassVar[tuple[type[Request], ...]] = ()
+
+    def admit(self, ctx: Context, hello: Hello) -> None:
+        return None
+
+
+def test_an_app_request_the_rooms_app_does_not_support_is_a_bad_request() -> None:
+    engine = make_engine(ChatApp(), QuietApp())
+    admin_create(engine, "library", app="quiet")
+    engine.hello(ALICE, "library", Hello(name="alice"), T0 + 1)
+
+    assert engine.request(ALICE, SendMessage(text="psst", ref="m"), T0 + 2) == [
+        error(ALICE, ErrorCode.BAD_REQUEST, "m", "send-message is not supported in this room")
+    ]
+    # Core requests still work there.
+    assert engine.request(ALICE, Join(ref="j"), T0 + 3)[-1] == Send((ALICE,), Ok(ref="j"))
+    # Auto-created rooms get the first app.
+    engine.hello(BOB, "chatter", Hello(name="bob"), T0 + 4)
+    assert engine.rooms["chatter"].app.name == "chat"
+
+
+def test_a_stored_room_of_an_app_not_installed_is_not_overwritten(engine: Engine) -> None:
+    engine.restore([StoredRoom(name="poll-1", app="poll", created_at=T0,
+                               meta=b'{"question":"tea?"}', last_seq=3)])
+
+    effects = engine.hello(ALICE, "poll-1", Hello(name="alice", ref="h"), T0 + 1)
+
+    assert not any(isinstance(e, Persist) for e in effects)
+    assert effects[0] == error(ALICE, ErrorCode.NOT_FOUND, "h")
+
+
+def test_restore_loads_rooms_with_their_committed_seq(engine: Engine) -> None:
+    meta = ChatRoomMeta(topic="kept", pins=[2], creator="zoe")
+    engine.restore([StoredRoom(name=ROOM, app="chat", created_at=T0 - 50,
+                               meta=msgspec.json.encode(meta), last_seq=7)])
+
+    effects = engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+
+    assert len(effects) == 1  # nothing to persist: the room exists
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Welcome)
+    assert effects[0].frame.room == chat_room(participants=1, created_at=T0 - 50, last_seq=7,
+                                              meta=meta)
+    persist = only_persist(engine.request(ALICE, SendMessage(text="eight"), T0 + 1))
+    assert [w.seq for w in persist.writes] == [8]
+
+
+# --- administration ----------------------------------------------------------------------------
+
+
+def test_create_room_is_answered_after_commit(engine: Engine) -> None:
+    effects = engine.admin(ADMIN, adm.CreateRoom(room="ops", meta={"topic": "on call"},
+                                                 ref="c"), T0)
+
+    persist = only_persist(effects)
+    meta = ChatRoomMeta(topic="on call")
+    assert persist.writes == (
+        PutRoom(name="ops", app="chat", created_at=T0, meta=msgspec.json.encode(meta)),
+    )
+    assert commit(persist) == [
+        Send((ADMIN,), adm.RoomDetails(ref="c", room=RoomInfo(name="ops", app="chat",
+                                                              created_at=T0, meta=meta))),
+    ]
+
+
+def test_create_room_that_exists_is_a_conflict_unless_if_missing(pair: Engine) -> None:
+    assert pair.admin(ADMIN, adm.CreateRoom(room=ROOM, ref="c"), T0 + 5) == [
+        error(ADMIN, ErrorCode.CONFLICT, "c")
+    ]
+    assert pair.admin(ADMIN, adm.CreateRoom(room=ROOM, if_missing=True, ref="c"), T0 + 5) == [
+        Send((ADMIN,), adm.RoomDetails(ref="c", room=chat_room(participants=2),
+                                       participants=[ALICE_VIEW, BOB_VIEW])),
+    ]
+
+
+@pytest.mark.parametrize("request_", [
+    adm.CreateRoom(room="x", app="nope", ref="c"),
+    adm.CreateRoom(room="x", meta={"max_participants": 0}, ref="c"),
+    adm.CreateRoom(room="x", meta={"topic": 5}, ref="c"),
+])
+def test_create_room_with_bad_options_is_a_bad_request(engine: Engine, request_: Request
+                                                       ) -> None:
+    assert engine.admin(ADMIN, request_, T0) == [error(ADMIN, ErrorCode.BAD_REQUEST, "c")]
+    assert engine.rooms == {}
+
+
+def test_a_create_room_that_failed_to_commit_leaves_no_room(engine: Engine) -> None:
+    effects = engine.admin(ADMIN, adm.CreateRoom(room="ops", ref="c"), T0)
+
+    assert fail(only_persist(effects)) == [error(ADMIN, ErrorCode.INTERNAL, "c")]
+    assert engine.admin(ADMIN, adm.GetRoom(room="ops", ref="g"), T0 + 1) == [
+        error(ADMIN, ErrorCode.NOT_FOUND, "g")
+    ]
+
+
+def test_list_rooms_and_get_room(pair: Engine) -> None:
+    pair.hello(CAROL, "annex", Hello(name="carol"), T0 + 2)
+
+    assert pair.admin(ADMIN, adm.ListRooms(ref="l"), T0 + 3) == [
+        Send((ADMIN,), adm.RoomList(ref="l", rooms=[
+            chat_room("annex", participants=1, created_at=T0 + 2,
+                      meta=ChatRoomMeta(creator="carol")),
+            chat_room(participants=2),
+        ])),
+    ]
+    assert pair.admin(ADMIN, adm.GetRoom(room=ROOM, ref="g"), T0 + 3) == [
+        Send((ADMIN,), adm.RoomDetails(ref="g", room=chat_room(participants=2),
+                                       participants=[ALICE_VIEW, BOB_VIEW])),
+    ]
+    assert pair.admin(ADMIN, adm.GetRoom(room="nowhere", ref="g"), T0 + 3) == [
+        error(ADMIN, ErrorCode.NOT_FOUND, "g")
+    ]
+
+
+def test_delete_room_closes_its_sessions_and_deletes_it(pair: Engine) -> None:
+    pair.disconnect(BOB, T0 + 2)  # Bob is in grace: his timer is cancelled
+
+    effects = pair.admin(ADMIN, adm.DeleteRoom(room=ROOM, ref="d"), T0 + 3)
+
+    assert effects[:-1] == [
+        Close(ALICE, CloseCode.ROOM_DELETED, ANY),
+        CancelTimer(("grace", "s2")),
+    ]
+    persist = effects[-1]
+    assert isinstance(persist, Persist)
+    assert persist.writes == (DeleteRoomRecord(name=ROOM),)
+    assert commit(persist) == [Send((ADMIN,), Ok(ref="d"))]
+    assert ROOM not in pair.rooms
+    assert pair.disconnect(ALICE, T0 + 4) == []
+    # Old resume tokens died with the room; the name is free again.
+    assert pair.hello(CAROL, ROOM, Hello(resume="token-2", ref="h"), T0 + 5) == [
+        error(CAROL, ErrorCode.NOT_FOUND, "h"),
+        Close(CAROL, CloseCode.ROOM_NOT_FOUND, ANY),
+    ]
+    assert pair.admin(ADMIN, adm.DeleteRoom(room="nowhere", ref="d"), T0 + 6) == [
+        error(ADMIN, ErrorCode.NOT_FOUND, "d")
+    ]
+
+
+def test_kick_closes_the_connection_and_announces_a_kicked_leave(pair: Engine) -> None:
+    pair.request(ALICE, Join(), T0 + 2)
+    pair.request(BOB, Join(), T0 + 3)
+
+    effects = pair.admin(ADMIN, adm.Kick(room=ROOM, participant_id="s2", ref="k"), T0 + 4)
+
+    assert effects == [
+        Close(BOB, CloseCode.KICKED, ANY),
+        Send((ALICE,), RemovePeer(peer_id="s2")),
+        Send((BOB,), RemovePeer(peer_id="s1")),  # harmless: Bob's connection is closing
+        Send((ALICE,), ParticipantLeft(participant_id="s2", reason="kicked")),
+        Send((ADMIN,), Ok(ref="k")),
+    ]
+    assert pair.disconnect(BOB, T0 + 5) == []
+    assert pair.participants(pair.rooms[ROOM]) == [person("s1", "alice", T0, in_call=True)]
+
+
+def test_kick_of_a_participant_in_grace_cancels_its_timer(pair: Engine) -> None:
+    pair.disconnect(BOB, T0 + 2)
+
+    assert pair.admin(ADMIN, adm.Kick(room=ROOM, participant_id="s2", ref="k"), T0 + 3) == [
+        CancelTimer(("grace", "s2")),
+        Send((ALICE,), ParticipantLeft(participant_id="s2", reason="kicked")),
+        Send((ADMIN,), Ok(ref="k")),
+    ]
+
+
+def test_kick_of_an_unknown_or_hidden_session_is_not_found(pair: Engine) -> None:
+    pair.hello(OBSERVER, ROOM, Hello(hidden=True), T0 + 2)
+
+    for target in ("s3", "s99"):
+        assert pair.admin(ADMIN, adm.Kick(room=ROOM, participant_id=target, ref="k"),
+                          T0 + 3) == [error(ADMIN, ErrorCode.NOT_FOUND, "k")]
+    assert pair.admin(ADMIN, adm.Kick(room="nowhere", participant_id="s1", ref="k"),
+                      T0 + 3) == [error(ADMIN, ErrorCode.NOT_FOUND, "k")]
+
+
+def test_a_room_request_on_the_admin_endpoint_is_a_bad_request(engine: Engine) -> None:
+    assert engine.admin(ADMIN, Join(ref="j"), T0) == [error(ADMIN, ErrorCode.BAD_REQUEST, "j")]
