@@ -487,6 +487,14 @@ class _Connection:
         # anything else means a body we refuse to forward into the WebSocket stream.
         if not isinstance(self._h11.next_event(), h11.EndOfMessage):
             raise _Reject(400, "upgrade request must not have a body")
+        # wsproto decodes Host as IDNA outside its own error handling; a bad value would
+        # crash trio-websocket's reader task instead of producing a 400.
+        for name, value in event.headers:
+            if name == b"host":
+                try:
+                    value.decode("idna")
+                except UnicodeError:
+                    raise _Reject(400, "invalid Host header") from None
         request = _build_request(event, self._peer, b"")
         leftover, _ = self._h11.trailing_data
         prefixed = _PrefixedStream(self._stream, _rebuild_head(event) + leftover)
@@ -628,6 +636,7 @@ async def serve_tcp(
     handler: Callable[[trio.SocketStream], Awaitable[None]],
     host: str,
     port: int,
+    handler_nursery: trio.Nursery | None = None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -635,10 +644,14 @@ async def serve_tcp(
 
     Reports ``(host, actual_port)`` through ``task_status`` once the sockets are
     listening (``port=0`` picks a free port), then serves until cancelled. Transient
-    accept failures such as EMFILE are retried by trio rather than raised.
+    accept failures such as EMFILE are retried by trio rather than raised. Handlers run
+    in ``handler_nursery`` when given, so that cancelling the listener (to stop
+    accepting) leaves open connections to a graceful close.
     """
     listeners = await _open_listeners(host, port)
     actual_port = listeners[0].socket.getsockname()[1]
-    logger.info("listening on %s port %d", host or "*", actual_port)
+    logger.debug("listening on %s port %d", host or "*", actual_port)
     task_status.started((host, actual_port))
-    await trio.serve_listeners(partial(_guarded, handler), listeners)
+    await trio.serve_listeners(
+        partial(_guarded, handler), listeners, handler_nursery=handler_nursery
+    )

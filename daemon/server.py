@@ -22,10 +22,9 @@ logs once, and closes its own connection with a code that says why (1011 for our
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -69,11 +68,17 @@ class Connection:
     peer: tuple[str, int]
     send_queue: trio.MemorySendChannel[Any]
     receive_queue: trio.MemoryReceiveChannel[Any]
-    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    writer_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     close_code: int | None = None
     close_reason: str = ""
     flush_before_close: bool = True
+    # A frame was cut off mid-write: no close frame may follow it, only a TCP close.
+    broken: bool = False
     bad_frames: int = 0
+    is_admin: bool = False
+    detached: bool = False  # the engine was told the connection is gone
+    on_close: Callable[[Connection], None] | None = None
 
     def enqueue(self, payload: str | bytes) -> None:
         """Queue one encoded frame; a full queue closes the connection as a slow consumer."""
@@ -87,12 +92,19 @@ class Connection:
             pass
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
-        """Ask the connection's task to close with ``code`` (after sending what is queued)."""
+        """Ask the connection's task to close with ``code``.
+
+        With ``flush`` the frames already queued are sent first. The frame being written
+        is always finished (a close frame in the middle of a frame would garble both).
+        """
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
             self.flush_before_close = flush
-        self.cancel_scope.cancel()
+        self.reader_scope.cancel()
+        self.writer_scope.cancel()
+        if self.on_close is not None:
+            self.on_close(self)
 
 
 class Daemon:
@@ -253,13 +265,14 @@ class Daemon:
         ws = await ws_request.accept(subprotocol=fmt.value if offered else None)
         self._next_conn += 1
         send, receive = trio.open_memory_channel[Any](self.config.outbound_queue)
-        conn = Connection(self._next_conn, ws, fmt, request.peer, send, receive)
+        conn = Connection(self._next_conn, ws, fmt, request.peer, send, receive,
+                          is_admin=is_admin, on_close=self._detach)
         self.connections[conn.id] = conn
         self.counters["connections_total"] += 1
         try:
-            with conn.cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, conn)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, conn)
+                with conn.reader_scope:
                     try:
                         if is_admin:
                             await self._serve_admin(conn)
@@ -268,27 +281,33 @@ class Daemon:
                             await self._serve_room(conn, unquote(match.group(1)))
                     except trio_websocket.ConnectionClosed:
                         pass
-                    nursery.cancel_scope.cancel()
+                conn.writer_scope.cancel()
         except Exception:
             log.exception("connection %d from %s failed", conn.id, conn.peer)
             conn.close_code = conn.close_code or CloseCode.INTERNAL_ERROR
             conn.close_reason = conn.close_reason or "internal error"
             conn.flush_before_close = False
         finally:
-            if conn.close_code is None and trio.current_effective_deadline() == -math.inf:
-                # Cancelled from outside, not by conn.close: the daemon is shutting down.
-                conn.close_code = CloseCode.GOING_AWAY
-                conn.close_reason = "the daemon is shutting down"
+            self._detach(conn)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.config.close_timeout
+                await self._finish(conn)
             del self.connections[conn.id]
             self.connection_closed.set()
-            if not is_admin:
+
+    def _detach(self, conn: Connection) -> None:
+        """Tell the engine the connection is gone (once), so its room learns at once."""
+        if not conn.detached:
+            conn.detached = True
+            if not conn.is_admin:
                 self.apply_now(self.engine.disconnect(conn.id, self.now()))
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + 2.0
-                await self._finish(conn)
 
     async def _finish(self, conn: Connection) -> None:
         """Send what is still queued (unless the peer is too slow), then close."""
+        if conn.broken:
+            return  # the front closes the TCP connection
+        if conn.close_code == CloseCode.SLOW_CONSUMER:
+            self.counters["slow_consumers"] += 1
         if conn.flush_before_close and conn.close_code is not None:
             while True:
                 try:
@@ -298,17 +317,28 @@ class Daemon:
                 try:
                     await conn.ws.send_message(payload)
                 except trio_websocket.ConnectionClosed:
-                    break
-        if conn.close_code == CloseCode.SLOW_CONSUMER:
-            self.counters["slow_consumers"] += 1
+                    return
         await conn.ws.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
 
     async def _writer(self, conn: Connection) -> None:
-        try:
+        """Drain the connection's queue; each frame is written whole or the TCP link is cut."""
+        send_timeout = self.config.send_timeout
+        with conn.writer_scope:
             async for payload in conn.receive_queue:
-                await conn.ws.send_message(payload)
-        except trio_websocket.ConnectionClosed:
-            conn.cancel_scope.cancel()
+                # Shielded so that a close never cuts a frame in half; bounded so that a
+                # peer that stopped reading cannot hold the connection open forever.
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + send_timeout
+                    try:
+                        await conn.ws.send_message(payload)
+                    except trio_websocket.ConnectionClosed:
+                        conn.reader_scope.cancel()
+                        return
+                if scope.cancelled_caught:
+                    conn.broken = True
+                    conn.close(CloseCode.SLOW_CONSUMER, "a frame could not be sent in time",
+                               flush=False)
+                    return
 
     async def _receive(self, conn: Connection, codec: Codec) -> Any:
         """Return the next valid frame; answers bad ones and closes after too many."""
@@ -379,15 +409,13 @@ class Daemon:
     # --- shutdown --------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Close every client with 1001 and flush the store; bounded by the config's timeout."""
+        """Close every client with 1001 and wait for them, bounded by the shutdown timeout."""
         for conn in list(self.connections.values()):
             conn.close(CloseCode.GOING_AWAY, "the daemon is shutting down")
         with trio.move_on_after(self.config.shutdown_timeout):
             while self.connections:
                 self.connection_closed = trio.Event()
                 await self.connection_closed.wait()
-        with trio.move_on_after(self.config.shutdown_timeout):
-            await self.writer.flush()
 
 
 def _same(given: str, expected: str) -> bool:
@@ -411,7 +439,8 @@ async def serve(
 ) -> None:
     """Run the daemon until cancelled; ``task_status.started`` gets the bound (host, port).
 
-    Use it as ``host, port = await nursery.start(daemon.serve, config, apps=[...])``.
+    Use it as ``host, port = await nursery.start(daemon.serve, config, [apps...])`` (trio's
+    ``Nursery.start`` takes no keyword arguments for the task, so ``apps`` is positional).
     Without ``apps`` the built-in chat app is installed. On cancellation it stops
     accepting, closes every client with 1001, and flushes the store before returning.
     Raises OSError when the address cannot be bound or the data directory is unusable.
@@ -423,41 +452,51 @@ async def serve(
     admin_token = ensure_admin_token(config.data_dir)
     store = await trio.to_thread.run_sync(Store.open, config.db_path)
     writer = StoreWriter(store)
-    # The store writer must outlive the connections so that the last acknowledged writes
-    # commit during shutdown: it runs shielded and is stopped explicitly at the very end.
+    # Connections and the store writer must outlive the listener: on cancellation the
+    # listener stops at once, clients get a 1001 close handshake (their readers still
+    # running), and the last acknowledged writes commit. Both run shielded and are
+    # stopped explicitly, in that order, at the end.
     writer_scope = trio.CancelScope(shield=True)
+    handler_scope = trio.CancelScope(shield=True)
 
     async def run_writer(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with writer_scope:
             await writer.run(task_status=task_status)
 
-    async with trio.open_nursery() as outer:
-        await outer.start(run_writer)
+    async def run_handlers(
+        *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with handler_scope:
+            async with trio.open_nursery() as handlers:
+                task_status.started(handlers)
+                await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_writer)
+        handlers: trio.Nursery = await nursery.start(run_handlers)
+        daemon = Daemon(config, apps, handlers, writer, admin_token)
         try:
-            async with trio.open_nursery() as nursery:
-                daemon = Daemon(config, apps, nursery, writer, admin_token)
-                daemon.engine.restore(await writer.load_rooms())
-                limits = FrontLimits(max_head_bytes=config.max_head_bytes,
-                                     head_timeout=config.head_timeout,
-                                     max_message_size=config.max_frame_bytes)
+            daemon.engine.restore(await writer.load_rooms())
+            limits = FrontLimits(max_head_bytes=config.max_head_bytes,
+                                 head_timeout=config.head_timeout,
+                                 max_message_size=config.max_frame_bytes)
 
-                async def on_tcp(stream: trio.SocketStream) -> None:
-                    await handle_connection(stream, on_http=daemon.on_http,
-                                            on_websocket=daemon.on_websocket, limits=limits)
+            async def on_tcp(stream: trio.SocketStream) -> None:
+                await handle_connection(stream, on_http=daemon.on_http,
+                                        on_websocket=daemon.on_websocket, limits=limits)
 
-                address = await nursery.start(serve_tcp, on_tcp, config.host, config.port)
-                log.info("listening on %s:%d", *address)
-                task_status.started(address)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await daemon.shutdown()
+            address = await nursery.start(serve_tcp, on_tcp, config.host, config.port, handlers)
+            log.info("listening on %s:%d", *address)
+            task_status.started(address)
+            await trio.sleep_forever()
         finally:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + config.shutdown_timeout
-                await writer.aclose()
-            writer_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await daemon.shutdown()
+                handler_scope.cancel()  # timers, queries, idle HTTP keep-alives
+                with trio.move_on_after(config.shutdown_timeout):
+                    await writer.aclose()
+                writer_scope.cancel()
+            nursery.cancel_scope.cancel()
 
 
 __all__ = ["Config", "serve"]

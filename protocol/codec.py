@@ -63,6 +63,17 @@ def _union(types: Iterable[type[Frame]]) -> Any:
     return typing.Union[unique]  # noqa: UP007 - built at run time from a tuple of types
 
 
+def _size(data: bytes | str, limit: int) -> int:
+    """Return the frame's size in bytes, or a lower bound when it is surely within ``limit``.
+
+    Text frames arrive decoded (str); UTF-8 takes at most 4 bytes per character, so
+    only long texts need encoding to be measured.
+    """
+    if isinstance(data, bytes) or len(data) * 4 <= limit:
+        return len(data)
+    return len(data.encode())
+
+
 class Codec:
     """Encodes outgoing frames and decodes incoming ones in one wire format.
 
@@ -100,15 +111,14 @@ class Codec:
         Raises ProtocolError: ``too-large`` over the frame limit, ``bad-request`` for
         malformed data, an unknown ``type``, or missing, mistyped or out-of-range fields.
         """
-        if len(data) > self.max_frame_bytes:
+        size = _size(data, self.max_frame_bytes)
+        if size > self.max_frame_bytes:
             raise ProtocolError(
-                ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes is over {self.max_frame_bytes}"
+                ErrorCode.TOO_LARGE, f"frame of {size} bytes is over {self.max_frame_bytes}"
             )
         if isinstance(data, str):
             if self.format is WireFormat.MSGPACK:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection expects binary frames")
-        elif self.format is WireFormat.JSON and not data[:1].isascii():
-            pass  # JSON may arrive in a binary frame too; the decoder validates UTF-8.
         try:
             frame: Frame = self._decoder.decode(data)
         except msgspec.ValidationError as exc:
@@ -119,7 +129,7 @@ class Codec:
 
     def ref_of(self, data: bytes | str) -> str | None:
         """Best-effort ``ref`` of a frame that failed to decode, to echo in the error."""
-        if len(data) > self.max_frame_bytes:
+        if _size(data, self.max_frame_bytes) > self.max_frame_bytes:
             return None
         try:
             ref = self._ref_decoder.decode(data).ref

@@ -416,16 +416,24 @@ async def test_silent_client_is_dropped_without_response(start_server: StartServ
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
         b"Content-Length: 3\r\n\r\nabc",  # upgrade with a body
+        b"GET / HTTP/1.1\r\nHost: xn--\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     ],
+    ids=["garbage", "no-host", "bad-content-length", "upgrade-with-body", "bad-idna-host"],
 )
 async def test_malformed_request_gets_400(
-    start_server: StartServer, recorder: Recorder, payload: bytes
+    start_server: StartServer,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    payload: bytes,
 ) -> None:
     port = await start_server()
     raw = await raw_exchange(port, payload)
     assert status_of(raw) == 400
     assert b"connection: close" in raw.lower()
     assert recorder.http == recorder.ws == []
+    await recorder.wait_finished(1)
+    assert front_errors(caplog) == []
 
 
 async def test_http_handler_exception_gives_500_and_server_keeps_serving(
