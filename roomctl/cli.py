@@ -125,11 +125,30 @@ def serve(
                     nursery.cancel_scope.cancel()
                     break
 
+    from daemon.store import StoreError
+
     try:
         trio.run(main)
-    except OSError as exc:
-        typer.echo(f"roomctl serve: {exc}", err=True)
+    except (OSError, StoreError, BaseExceptionGroup) as exc:
+        cause = _startup_error(exc, (OSError, StoreError))
+        if cause is None:
+            raise
+        typer.echo(f"roomctl serve: {cause}", err=True)
         raise typer.Exit(1) from None
+
+
+def _startup_error(
+    exc: BaseException, kinds: tuple[type[Exception], ...]
+) -> BaseException | None:
+    """Return the first error of ``kinds`` in ``exc`` (nurseries wrap them in groups)."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_error(inner, kinds)
+            if found is not None:
+                return found
+    return None
 
 
 def main() -> None:
