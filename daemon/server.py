@@ -33,6 +33,7 @@ import msgspec
 import trio
 import trio_websocket
 
+from daemon import wire
 from daemon.apps import App
 from daemon.config import Config, ensure_admin_token
 from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Query, Send, StartTimer
@@ -54,6 +55,7 @@ from protocol.messages import Error, Hello, Request, Welcome
 log = logging.getLogger("roomctl.daemon")
 
 VERSION = "0.1.0"
+WRITE_BATCH = 256  # frames joined into one send_all at most
 ROOM_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
 ADMIN_PATH = "/v1/admin"
 
@@ -66,8 +68,8 @@ class Connection:
     ws: trio_websocket.WebSocketConnection
     format: WireFormat
     peer: tuple[str, int]
-    send_queue: trio.MemorySendChannel[Any]
-    receive_queue: trio.MemoryReceiveChannel[Any]
+    send_queue: trio.MemorySendChannel[bytes]
+    receive_queue: trio.MemoryReceiveChannel[bytes]
     reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     writer_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     close_code: int | None = None
@@ -80,8 +82,8 @@ class Connection:
     detached: bool = False  # the engine was told the connection is gone
     on_close: Callable[[Connection], None] | None = None
 
-    def enqueue(self, payload: str | bytes) -> None:
-        """Queue one encoded frame; a full queue closes the connection as a slow consumer."""
+    def enqueue(self, payload: bytes) -> None:
+        """Queue one framed message; a full queue closes the connection as a slow consumer."""
         if self.close_code is not None:
             return
         try:
@@ -179,18 +181,16 @@ class Daemon:
         return on_done
 
     def _send(self, effect: Send) -> None:
-        encoded: dict[WireFormat, str | bytes] = {}
-        frame = effect.frame
+        # Encoded and framed once per wire format; every recipient queues the same bytes.
+        framed: dict[WireFormat, bytes] = {}
         for conn_id in effect.to:
             conn = self.connections.get(conn_id)
             if conn is None:
                 continue
-            payload = encoded.get(conn.format)
+            payload = framed.get(conn.format)
             if payload is None:
-                data = self.room_codecs[conn.format].encode(frame)
-                # trio-websocket sends str as a text frame, bytes as a binary one.
-                payload = data if conn.format.binary else data.decode()
-                encoded[conn.format] = payload
+                data = self.room_codecs[conn.format].encode(effect.frame)
+                payload = framed[conn.format] = wire.frame(data, binary=conn.format.binary)
             conn.enqueue(payload)
         self.counters["frames_out"] += len(effect.to)
 
@@ -264,7 +264,7 @@ class Daemon:
             return
         ws = await ws_request.accept(subprotocol=fmt.value if offered else None)
         self._next_conn += 1
-        send, receive = trio.open_memory_channel[Any](self.config.outbound_queue)
+        send, receive = trio.open_memory_channel[bytes](self.config.outbound_queue)
         conn = Connection(self._next_conn, ws, fmt, request.peer, send, receive,
                           is_admin=is_admin, on_close=self._detach)
         self.connections[conn.id] = conn
@@ -309,13 +309,10 @@ class Daemon:
         if conn.close_code == CloseCode.SLOW_CONSUMER:
             self.counters["slow_consumers"] += 1
         if conn.flush_before_close and conn.close_code is not None:
-            while True:
+            pending = _drain(conn.receive_queue, limit=None)
+            if pending:
                 try:
-                    payload = conn.receive_queue.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-                try:
-                    await conn.ws.send_message(payload)
+                    await wire.send_frames(conn.ws, b"".join(pending))
                 except trio_websocket.ConnectionClosed:
                     return
         await conn.ws.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
@@ -324,13 +321,16 @@ class Daemon:
         """Drain the connection's queue; each frame is written whole or the TCP link is cut."""
         send_timeout = self.config.send_timeout
         with conn.writer_scope:
-            async for payload in conn.receive_queue:
+            async for first in conn.receive_queue:
+                # Whatever queued up while the last write was in flight goes out in one
+                # send_all: per-frame socket writes are where a trio server spends its time.
+                batch = [first, *_drain(conn.receive_queue, limit=WRITE_BATCH)]
                 # Shielded so that a close never cuts a frame in half; bounded so that a
                 # peer that stopped reading cannot hold the connection open forever.
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + send_timeout
                     try:
-                        await conn.ws.send_message(payload)
+                        await wire.send_frames(conn.ws, b"".join(batch))
                     except trio_websocket.ConnectionClosed:
                         conn.reader_scope.cancel()
                         return
@@ -416,6 +416,17 @@ class Daemon:
             while self.connections:
                 self.connection_closed = trio.Event()
                 await self.connection_closed.wait()
+
+
+def _drain(queue: trio.MemoryReceiveChannel[bytes], *, limit: int | None) -> list[bytes]:
+    """Take up to ``limit`` items that are already queued, without waiting."""
+    items: list[bytes] = []
+    while limit is None or len(items) < limit:
+        try:
+            items.append(queue.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+    return items
 
 
 def _same(given: str, expected: str) -> bool:
