@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -62,6 +63,8 @@ class Client:
         self.session_id: str | None = None
         self.resume_token: str | None = None
         self.welcome: dict[str, Any] | None = None
+        # Frames that arrived while request() waited for its reply, in order.
+        self.pending: collections.deque[dict[str, Any]] = collections.deque()
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.binary:
@@ -73,6 +76,9 @@ class Client:
         await self.ws.send_message(data)
 
     async def recv(self, timeout: float = WAIT) -> dict[str, Any]:
+        """Return the next frame (first those that ``request`` set aside)."""
+        if self.pending:
+            return self.pending.popleft()
         with trio.fail_after(timeout):
             data = await self.ws.get_message()
         if isinstance(data, bytes):
@@ -90,14 +96,20 @@ class Client:
                     return frame
 
     async def request(self, frame: dict[str, Any], timeout: float = WAIT) -> dict[str, Any]:
-        """Send ``frame`` with a fresh ref and return the reply carrying that ref."""
+        """Send ``frame`` with a fresh ref and return the reply carrying that ref.
+
+        Other frames that arrive meanwhile are kept for later ``recv`` calls.
+        """
         ref = f"r{next(self._refs)}"
         await self.send({**frame, "ref": ref})
+        skipped: list[dict[str, Any]] = []
         with trio.fail_after(timeout):
             while True:
                 reply = await self.recv(timeout=timeout)
                 if reply.get("ref") == ref:
+                    self.pending.extendleft(reversed(skipped))
                     return reply
+                skipped.append(reply)
 
     async def hello(self, name: str | None = "tester", **fields: Any) -> dict[str, Any]:
         reply = await self.request({"type": "hello", "name": name, **fields})

@@ -48,6 +48,7 @@ async def closing(client: Client, timeout: float = WAIT) -> tuple[list[dict[str,
 
 async def error_for(client: Client, data: str | bytes, ref: str | None) -> dict[str, Any]:
     """Send raw ``data``; return the error frame that answers it (it must be the next frame)."""
+    client.pending.clear()  # frames that arrived before this one are not the answer
     await client.send_raw(data)
     frame = await client.recv()
     assert frame["type"] == "error", frame
