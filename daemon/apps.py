@@ -230,4 +230,9 @@ class Context:
             respond(ctx, entries)
             return ctx.effects
 
-        self.effects.append(Query(room.name, after, before, limit, on_entries))
+        def on_failure(exc: BaseException) -> list[Effect]:
+            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+            ctx.error(ErrorCode.INTERNAL, "the store failed to read the history")
+            return ctx.effects
+
+        self.effects.append(Query(room.name, after, before, limit, on_entries, on_failure))

@@ -51,6 +51,7 @@ class Query(msgspec.Struct, frozen=True):
     before: int | None
     limit: int
     respond: Callable[[list[Any]], Sequence["Effect"]]
+    on_failure: Callable[[BaseException], Sequence["Effect"]] | None = None
 
 
 class StartTimer(msgspec.Struct, frozen=True):

@@ -198,11 +198,12 @@ class Daemon:
         try:
             entries = await self.writer.read_log(effect.room, after=effect.after,
                                                  before=effect.before, limit=effect.limit)
-        except Exception:
+        except Exception as exc:
             log.exception("reading the log of room %r failed", effect.room)
-            entries = None
-        if entries is not None:
-            self.apply_now(effect.respond(entries))
+            if effect.on_failure is not None:
+                self.apply_now(effect.on_failure(exc))
+            return
+        self.apply_now(effect.respond(entries))
 
     def _start_timer(self, effect: StartTimer) -> None:
         old = self.timers.pop(effect.key, None)

@@ -760,6 +760,13 @@ def test_get_messages_backward_keeps_the_newest_of_the_page(pair: Engine) -> Non
     assert list(older.respond([])) == [Send((BOB,), Messages(ref="o", messages=[]))]
 
 
+def test_get_messages_answers_internal_when_the_store_cannot_read(pair: Engine) -> None:
+    query = query_of(pair.request(BOB, GetMessages(limit=2, ref="g"), T0 + 10))
+
+    assert query.on_failure is not None
+    assert list(query.on_failure(OSError("disk gone"))) == [error(BOB, ErrorCode.INTERNAL, "g")]
+
+
 # --- a room of another app ---------------------------------------------------------------------
 
 
