@@ -57,10 +57,16 @@ def ensure_admin_token(data_dir: Path) -> str:
         token = ""
     if token:
         return token
+    # Written whole under a temporary name, then renamed: a crash never leaves an empty
+    # or partial token behind (and an empty one left by hand is replaced).
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(f".{ADMIN_TOKEN_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
     return token
 
 

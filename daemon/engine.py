@@ -31,13 +31,14 @@ from daemon.apps import App, Context
 from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Send, StartTimer, TimerKey
 from daemon.records import DeleteRoom as DeleteRoomRecord
 from daemon.records import PutRoom, StoredRoom
-from protocol import CloseCode, ErrorCode, ProtocolError, Request
+from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request
 from protocol import admin as adm
 from protocol.messages import (
     AddPeer,
     Error,
     GetParticipants,
     Hello,
+    Leave,
     IceCandidateRelayed,
     Join,
     MediaState,
@@ -210,6 +211,11 @@ class Engine:
         if conn in self.conns:
             return [Send((conn,), Error(ref=hello.ref, code=ErrorCode.CONFLICT,
                                         message="this connection already said hello"))]
+        if hello.protocol != PROTOCOL_VERSION:
+            return [Send((conn,), Error(
+                ref=hello.ref, code=ErrorCode.BAD_REQUEST,
+                message=f"protocol {hello.protocol} is not supported; this daemon speaks "
+                        f"protocol {PROTOCOL_VERSION}"))]
         effects: list[Effect] = []
         room = self.rooms.get(room_name)
         if room is None:
@@ -454,6 +460,14 @@ class Engine:
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
         ctx.ok()
 
+    def _leave(self, ctx: Context, request: Request) -> None:
+        session = ctx.session
+        assert session is not None and session.conn is not None
+        conn = session.conn
+        ctx.ok()
+        ctx.effects += self._remove(session, reason="left", now=ctx.now)
+        ctx.effects.append(Close(conn, CloseCode.NORMAL, "left the room"))
+
     def _get_participants(self, ctx: Context, request: Request) -> None:
         ctx.reply(Participants(ref=ctx.ref, participants=self.participants(ctx.room)))
 
@@ -472,6 +486,7 @@ class Engine:
         RelaySessionDescription: _relay,
         SetMediaState: _set_media_state,
         GetParticipants: _get_participants,
+        Leave: _leave,
     }
 
     # --- administration --------------------------------------------------------------------

@@ -115,6 +115,10 @@ class Hello(Request, tag="hello", frozen=True, kw_only=True):
     protocol: int = PROTOCOL_VERSION
 
 
+class Leave(Request, tag="leave", frozen=True, kw_only=True):
+    """Leave the room now (no grace period); the daemon then closes the connection with 1000."""
+
+
 class GetParticipants(Request, tag="get-participants", frozen=True, kw_only=True):
     """Ask for the visible participants of the room; answered by ``participants``."""
 
@@ -225,6 +229,7 @@ class SessionDescriptionRelayed(Event, tag="session-description", frozen=True, k
 
 CORE_REQUESTS: tuple[type[Request], ...] = (
     Hello,
+    Leave,
     GetParticipants,
     Join,
     Part,

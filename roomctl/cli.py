@@ -60,9 +60,8 @@ def serve(
         Path | None,
         typer.Option(
             envvar="ROOMCTL_DATA_DIR",
-            help="Where rooms, messages and the admin token live "
-            "[default: $XDG_STATE_HOME/roomctl].",
-            show_default=False,
+            help="Where rooms, messages and the admin token live.",
+            show_default="$XDG_STATE_HOME/roomctl",
         ),
     ] = None,
     memory: Annotated[

@@ -48,6 +48,7 @@ from protocol.messages import (
     IceCandidate,
     IceCandidateRelayed,
     Join,
+    Leave,
     MediaState,
     Ok,
     Part,
@@ -956,3 +957,24 @@ def test_kick_of_an_unknown_or_hidden_session_is_not_found(pair: Engine) -> None
 
 def test_a_room_request_on_the_admin_endpoint_is_a_bad_request(engine: Engine) -> None:
     assert engine.admin(ADMIN, Join(ref="j"), T0) == [error(ADMIN, ErrorCode.BAD_REQUEST, "j")]
+
+
+def test_leave_removes_the_participant_at_once_and_closes_normally(pair: Engine) -> None:
+    effects = pair.request(BOB, Leave(ref="l"), T0 + 5)
+
+    assert effects == [
+        Send((BOB,), Ok(ref="l")),
+        Send((ALICE,), ParticipantLeft(participant_id="s2", reason="left")),
+        Close(BOB, CloseCode.NORMAL, ANY),
+    ]
+    assert "s2" not in pair.rooms[ROOM].sessions
+    assert pair.disconnect(BOB, T0 + 6) == []  # no grace timer, no second announcement
+    resumed = pair.hello(CAROL, ROOM, Hello(resume="token-2", ref="h"), T0 + 7)
+    assert resumed == [error(CAROL, ErrorCode.NOT_FOUND, "h")]
+
+
+def test_a_hello_for_another_protocol_version_is_refused(engine: Engine) -> None:
+    effects = engine.hello(ALICE, ROOM, Hello(name="alice", protocol=2, ref="h"), T0)
+
+    assert effects == [error(ALICE, ErrorCode.BAD_REQUEST, "h")]
+    assert ROOM not in engine.rooms

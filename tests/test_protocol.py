@@ -62,7 +62,7 @@ EVENT_TYPES = [t for t in FRAME_TYPES if issubclass(t, Event)]
 
 # 7 core requests + 11 core events, 7 chat requests + 4 chat events, 5 admin requests +
 # 2 admin replies. Adding a type means adding an example below and bumping this.
-EXPECTED_FRAME_TYPES = 36
+EXPECTED_FRAME_TYPES = 37
 
 
 def _tag(cls: type[Frame]) -> str:
@@ -97,6 +97,7 @@ EXAMPLES: dict[type[Frame], Frame] = {
     messages.GetParticipants: messages.GetParticipants(ref="r2"),
     messages.Join: messages.Join(ref="r3"),
     messages.Part: messages.Part(ref="r4"),
+    messages.Leave: messages.Leave(ref="r9"),
     messages.RelayIceCandidate: messages.RelayIceCandidate(ref="r5", peer_id="b2",
                                                            candidate=_CANDIDATE),
     messages.RelaySessionDescription: messages.RelaySessionDescription(
