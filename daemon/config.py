@@ -36,8 +36,8 @@ class Config:
     head_timeout: float = 10.0  # to receive an HTTP request head
     max_head_bytes: int = 16 * 1024
     max_frame_bytes: int = MAX_FRAME_BYTES
-    outbound_queue: int = 2048  # frames queued per connection before it counts as too slow
-    send_timeout: float = 10.0  # one frame's write may block this long before the peer is cut
+    outbound_queue: int = 2048  # frames waiting for one peer's socket before it counts as too slow
+    send_timeout: float = 10.0  # pending output may make no progress this long before the cut
     close_timeout: float = 2.0  # for a connection's closing handshake
     max_bad_frames: int = 20  # bad frames tolerated per connection before it is closed (1008)
     shutdown_timeout: float = 5.0  # how long clients get to see the 1001 close on shutdown

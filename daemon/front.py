@@ -38,6 +38,8 @@ import h11
 import trio
 import trio_websocket
 
+from daemon import wire
+
 __all__ = [
     "DEFAULT_LIMITS",
     "FrontLimits",
@@ -170,6 +172,13 @@ class _PrefixedStream(trio.abc.Stream):
     async def aclose(self) -> None:
         self.closed.set()
         await self._inner.aclose()
+
+
+def _fd_of(stream: trio.abc.Stream) -> int | None:
+    """Return the socket's file descriptor for a plain TCP stream, None for anything else."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno()
+    return None
 
 
 def _peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
@@ -498,9 +507,13 @@ class _Connection:
         request = _build_request(event, self._peer, b"")
         leftover, _ = self._h11.trailing_data
         prefixed = _PrefixedStream(self._stream, _rebuild_head(event) + leftover)
+        # Every outbound byte goes through one ordered buffer (see daemon.wire); the
+        # daemon reaches it as the WebSocket connection's stream.
+        output = wire.OutputStream(prefixed, _fd_of(self._stream))
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.run)
             try:
-                ws_request = await self._handshake(nursery, prefixed)
+                ws_request = await self._handshake(nursery, prefixed, output)
                 if ws_request is not None:
                     await self._run_websocket_handler(ws_request, request)
             finally:
@@ -508,7 +521,7 @@ class _Connection:
                 nursery.cancel_scope.cancel()
 
     async def _handshake(
-        self, nursery: trio.Nursery, prefixed: _PrefixedStream
+        self, nursery: trio.Nursery, prefixed: _PrefixedStream, output: wire.OutputStream
     ) -> trio_websocket.WebSocketRequest | None:
         result: list[trio_websocket.WebSocketRequest] = []
         async with trio.open_nursery() as race:
@@ -524,7 +537,7 @@ class _Connection:
                 result.append(
                     await trio_websocket.wrap_server_stream(
                         nursery,
-                        prefixed,
+                        output,
                         message_queue_size=self._limits.message_queue_size,
                         max_message_size=self._limits.max_message_size,
                     )

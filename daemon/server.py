@@ -55,56 +55,49 @@ from protocol.messages import Error, Hello, Request, Welcome
 log = logging.getLogger("roomctl.daemon")
 
 VERSION = "0.1.0"
-WRITE_BATCH = 256  # frames joined into one send_all at most
 ROOM_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
 ADMIN_PATH = "/v1/admin"
 
 
 @dataclass(eq=False)
 class Connection:
-    """One accepted WebSocket and its outbound queue."""
+    """One accepted WebSocket and its ordered output buffer."""
 
     id: ConnId
     ws: trio_websocket.WebSocketConnection
+    out: wire.OutputStream
     format: WireFormat
     peer: tuple[str, int]
-    send_queue: trio.MemorySendChannel[bytes]
-    receive_queue: trio.MemoryReceiveChannel[bytes]
+    max_pending: int
     reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    writer_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     close_code: int | None = None
     close_reason: str = ""
     flush_before_close: bool = True
-    # A frame was cut off mid-write: no close frame may follow it, only a TCP close.
-    broken: bool = False
     bad_frames: int = 0
     is_admin: bool = False
     detached: bool = False  # the engine was told the connection is gone
     on_close: Callable[[Connection], None] | None = None
 
     def enqueue(self, payload: bytes) -> None:
-        """Queue one framed message; a full queue closes the connection as a slow consumer."""
+        """Write one framed message; too much unwritten output closes it as a slow consumer."""
         if self.close_code is not None:
             return
-        try:
-            self.send_queue.send_nowait(payload)
-        except trio.WouldBlock:
+        self.out.write(payload)
+        if self.out.pending > self.max_pending:
             self.close(CloseCode.SLOW_CONSUMER, "outbound queue overflowed", flush=False)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Ask the connection's task to close with ``code``.
 
-        With ``flush`` the frames already queued are sent first. The frame being written
-        is always finished (a close frame in the middle of a frame would garble both).
+        With ``flush`` the frames already queued are sent first; without, they are dropped
+        (but a frame already half written is always finished: a close frame in the middle
+        of a frame would garble both).
         """
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
             self.flush_before_close = flush
         self.reader_scope.cancel()
-        self.writer_scope.cancel()
         if self.on_close is not None:
             self.on_close(self)
 
@@ -265,24 +258,25 @@ class Daemon:
             return
         ws = await ws_request.accept(subprotocol=fmt.value if offered else None)
         self._next_conn += 1
-        send, receive = trio.open_memory_channel[bytes](self.config.outbound_queue)
-        conn = Connection(self._next_conn, ws, fmt, request.peer, send, receive,
+        out = ws._stream  # the front wraps every WebSocket's stream in a wire.OutputStream
+        assert isinstance(out, wire.OutputStream)
+        conn = Connection(self._next_conn, ws, out, fmt, request.peer, self.config.outbound_queue,
                           is_admin=is_admin, on_close=self._detach)
+        out.stall_timeout = self.config.send_timeout
+        out.on_stall = lambda: conn.close(CloseCode.SLOW_CONSUMER, "the peer stopped reading",
+                                          flush=False)
         self.connections[conn.id] = conn
         self.counters["connections_total"] += 1
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, conn)
-                with conn.reader_scope:
-                    try:
-                        if is_admin:
-                            await self._serve_admin(conn)
-                        else:
-                            assert match is not None
-                            await self._serve_room(conn, unquote(match.group(1)))
-                    except trio_websocket.ConnectionClosed:
-                        pass
-                conn.writer_scope.cancel()
+            with conn.reader_scope:
+                try:
+                    if is_admin:
+                        await self._serve_admin(conn)
+                    else:
+                        assert match is not None
+                        await self._serve_room(conn, unquote(match.group(1)))
+                except trio_websocket.ConnectionClosed:
+                    pass
         except Exception:
             log.exception("connection %d from %s failed", conn.id, conn.peer)
             conn.close_code = conn.close_code or CloseCode.INTERNAL_ERROR
@@ -304,42 +298,12 @@ class Daemon:
                 self.apply_now(self.engine.disconnect(conn.id, self.now()))
 
     async def _finish(self, conn: Connection) -> None:
-        """Send what is still queued (unless the peer is too slow), then close."""
-        if conn.broken:
-            return  # the front closes the TCP connection
+        """Close the WebSocket: after what is queued, or at once for a slow consumer."""
         if conn.close_code == CloseCode.SLOW_CONSUMER:
             self.counters["slow_consumers"] += 1
-        if conn.flush_before_close and conn.close_code is not None:
-            pending = _drain(conn.receive_queue, limit=None)
-            if pending:
-                try:
-                    await wire.send_frames(conn.ws, b"".join(pending))
-                except trio_websocket.ConnectionClosed:
-                    return
+        if not conn.flush_before_close:
+            conn.out.discard_pending()
         await conn.ws.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
-
-    async def _writer(self, conn: Connection) -> None:
-        """Drain the connection's queue; each frame is written whole or the TCP link is cut."""
-        send_timeout = self.config.send_timeout
-        with conn.writer_scope:
-            async for first in conn.receive_queue:
-                # Whatever queued up while the last write was in flight goes out in one
-                # send_all: per-frame socket writes are where a trio server spends its time.
-                batch = [first, *_drain(conn.receive_queue, limit=WRITE_BATCH)]
-                # Shielded so that a close never cuts a frame in half; bounded so that a
-                # peer that stopped reading cannot hold the connection open forever.
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + send_timeout
-                    try:
-                        await wire.send_frames(conn.ws, b"".join(batch))
-                    except trio_websocket.ConnectionClosed:
-                        conn.reader_scope.cancel()
-                        return
-                if scope.cancelled_caught:
-                    conn.broken = True
-                    conn.close(CloseCode.SLOW_CONSUMER, "a frame could not be sent in time",
-                               flush=False)
-                    return
 
     async def _receive(self, conn: Connection, codec: Codec) -> Any:
         """Return the next valid frame; answers bad ones and closes after too many."""
@@ -417,17 +381,6 @@ class Daemon:
             while self.connections:
                 self.connection_closed = trio.Event()
                 await self.connection_closed.wait()
-
-
-def _drain(queue: trio.MemoryReceiveChannel[bytes], *, limit: int | None) -> list[bytes]:
-    """Take up to ``limit`` items that are already queued, without waiting."""
-    items: list[bytes] = []
-    while limit is None or len(items) < limit:
-        try:
-            items.append(queue.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            break
-    return items
 
 
 def _same(given: str, expected: str) -> bool:

@@ -1,25 +1,37 @@
-"""Outbound WebSocket framing done once per broadcast, written in batches.
+"""The outbound side of a WebSocket: frames built once, written through one ordered buffer.
 
-trio-websocket frames each ``send_message`` through wsproto and writes it with its own
-``send_all``: per frame, per recipient. Server-to-client frames are never masked, so a
-broadcast's frame bytes are the same for every recipient: we build them once here and
-each connection's writer joins whatever is queued into one ``send_all`` under the
-connection's own send lock. We only ever send whole, unfragmented data frames, the one
-kind of frame that leaves wsproto's state untouched; control frames (ping, pong, close)
-stay with trio-websocket. This reaches into two private attributes of
-``WebSocketConnection`` (``_stream`` and ``_stream_lock``), which is why pyproject pins
-trio-websocket below 0.13; tests exercise it with real clients on every run.
+trio-websocket frames each ``send_message`` through wsproto and writes it with
+``send_all``, which costs a task switch or three per frame, per recipient. Instead:
+
+* Server-to-client frames are never masked, so a broadcast's frame bytes are the same
+  for every recipient; ``frame`` builds them once.
+* Every byte for a connection, ours and trio-websocket's own (the handshake response,
+  pongs, the close frame), goes through one ``OutputStream``, which wraps the stream
+  trio-websocket is given. ``write`` is synchronous: when nothing is pending it writes
+  straight to the socket (one ``os.write``, no task switch); what the kernel does not
+  take waits, in order, for the stream's flusher task, which writes everything pending
+  with one ``os.writev`` whenever the socket is writable. Order is all that keeps frames
+  whole, and one buffer gives it.
+* Without a socket file descriptor (TLS, in-memory streams) the flusher writes through
+  the wrapped stream's ``send_all`` instead, in batches.
+
+We only ever write whole, unfragmented data frames, the one kind of frame that leaves
+wsproto's state untouched; control frames stay with trio-websocket.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
+import os
 import struct
+from collections.abc import Callable
 
 import trio
-import trio_websocket
 
 _TEXT = 0x81  # FIN + text opcode
 _BINARY = 0x82  # FIN + binary opcode
+_IOV_MAX = 512  # buffers per writev (Linux allows 1024)
 
 
 def frame(payload: bytes, *, binary: bool) -> bytes:
@@ -35,17 +47,162 @@ def frame(payload: bytes, *, binary: bool) -> bytes:
     return header + payload
 
 
-async def send_frames(ws: trio_websocket.WebSocketConnection, data: bytes) -> None:
-    """Write already framed bytes to the connection in one ``send_all``.
+class OutputStream(trio.abc.Stream):
+    """Wraps a connection's stream: reads pass through, writes go through one buffer.
 
-    Raises trio_websocket.ConnectionClosed when the connection is closing or gone.
+    ``fd`` is the socket's file descriptor when the stream is a plain TCP socket (the
+    fast path); None otherwise. ``on_stall`` is called when pending output made no
+    progress for ``stall_timeout`` seconds (the peer stopped reading).
     """
-    async with ws._stream_lock:
-        if ws.closed is not None:
-            raise trio_websocket.ConnectionClosed(ws.closed)
+
+    def __init__(self, inner: trio.abc.Stream, fd: int | None, *, stall_timeout: float = 10.0,
+                 on_stall: Callable[[], None] | None = None) -> None:
+        self._inner = inner
+        self._fd = fd
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._head_started = False  # the first pending item is the rest of a half-written frame
+        self._wakeup = trio.Event()
+        self._drained = trio.Event()
+        self._drained.set()
+        self._closed = False
+        self.error: OSError | None = None
+        self.stall_timeout = stall_timeout
+        self.on_stall = on_stall
+        self.bytes_written = 0
+        self.receive_some = inner.receive_some  # type: ignore[method-assign]
+
+    # --- reading: straight through ---------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Return how many writes (frames) wait for the socket."""
+        return len(self._pending)
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` after everything written before it; write now if nothing waits.
+
+        Never blocks. After the stream closed or failed, data is dropped (the
+        connection's reader notices the failure and ends the session).
+        """
+        if self._closed or self.error is not None:
+            return
+        if not self._pending and self._fd is not None:
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self.bytes_written += written
+            if written == len(data):
+                return
+            if written:
+                data = data[written:]
+                self._head_started = True
+        self._pending.append(data)
+        self._drained = trio.Event() if self._drained.is_set() else self._drained
+        self._wakeup.set()
+
+    def discard_pending(self) -> None:
+        """Drop what waits, except the rest of a frame already half on the wire."""
+        keep = self._pending[0] if (self._pending and self._head_started) else None
+        self._pending.clear()
+        if keep is not None:
+            self._pending.append(keep)
+        else:
+            self._drained.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """trio-websocket's writes: queued in order with ours, then waits until written."""
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        if self.error is not None:
+            raise trio.BrokenResourceError("the connection failed") from self.error
+        self.write(bytes(data))
+        await self._drained.wait()
+        if self.error is not None:
+            raise trio.BrokenResourceError("the connection failed") from self.error
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._drained.wait()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._fd = None  # the descriptor may be reused by the next connection
+        self._pending.clear()
+        self._drained.set()
+        self._wakeup.set()
+        await self._inner.aclose()
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        self._pending.clear()
+        self._drained.set()
+        self._wakeup.set()
+
+    # --- the flusher -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Write pending output whenever the socket can take it; run it in the connection's
+        nursery for as long as the stream lives."""
+        while not self._closed and self.error is None:
+            if not self._pending:
+                self._wakeup = trio.Event()
+                self._drained.set()
+                await self._wakeup.wait()
+                continue
+            with trio.move_on_after(self.stall_timeout) as waited:
+                await self._flush_some()
+            if waited.cancelled_caught and self._pending and self.on_stall is not None:
+                self.on_stall()
+                self.on_stall = None  # once; the close handshake is bounded elsewhere
+
+    async def _flush_some(self) -> None:
+        fd = self._fd
+        if fd is None:
+            batch = b"".join(self._pending)
+            self._pending.clear()
+            self._head_started = False
+            try:
+                await self._inner.send_all(batch)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._fail(OSError(errno.EPIPE, str(exc)))
+            self.bytes_written += len(batch)
+            return
         try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise trio_websocket.ConnectionClosed(
-                ws.closed or trio_websocket.CloseReason(1006, "connection lost")
-            ) from None
+            await trio.lowlevel.wait_writable(fd)
+        except trio.ClosedResourceError:
+            self._fail(OSError(errno.EBADF, "socket closed"))
+            return
+        if self._fd is None:
+            return
+        try:
+            written = os.writev(fd, list(_take(self._pending, _IOV_MAX)))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.bytes_written += written
+        while written:
+            head = self._pending[0]
+            if written >= len(head):
+                written -= len(head)
+                self._pending.popleft()
+                self._head_started = False
+            else:
+                self._pending[0] = head[written:]
+                self._head_started = True
+                written = 0
+
+
+def _take(items: collections.deque[bytes], limit: int) -> list[bytes]:
+    if len(items) <= limit:
+        return list(items)
+    return [items[i] for i in range(limit)]
