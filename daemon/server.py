@@ -5,11 +5,12 @@ Theory of operation
 One TCP port. ``daemon.front`` parses each request head: plain HTTP (health, metrics)
 is answered here; WebSocket upgrades to ``/v1/rooms/{room}`` and ``/v1/admin`` become
 ``Connection`` objects. A connection's reader decodes frames and feeds the engine; the
-effects it gets back are applied in order. Outbound frames go through a bounded queue
-per connection, drained by that connection's writer task: a broadcast is encoded once
-per wire format and the same object is queued for every recipient. A full queue means
-the peer does not read fast enough: it is closed with 4011, never waited for, so one
-slow consumer cannot stall a room.
+effects it gets back are applied in order. A broadcast is encoded and framed once per
+wire format, and the same bytes are written to every recipient through its
+``wire.OutputStream``: straight to the socket when it can take them, otherwise into a
+bounded, ordered buffer that the connection's flusher drains. Too much pending output
+(or none of it moving for ``send_timeout``) means the peer does not read fast enough:
+it is closed with 4011, never waited for, so one slow consumer cannot stall a room.
 
 Durable effects go to the store's single writer task, which commits them in order and
 runs their ``on_commit`` callbacks in that order from one task; the engine's
