@@ -509,9 +509,8 @@ class _Connection:
         prefixed = _PrefixedStream(self._stream, _rebuild_head(event) + leftover)
         # Every outbound byte goes through one ordered buffer (see daemon.wire); the
         # daemon reaches it as the WebSocket connection's stream.
-        output = wire.OutputStream(prefixed, _fd_of(self._stream))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(output.run)
+            output = wire.OutputStream(prefixed, _fd_of(self._stream), nursery)
             try:
                 ws_request = await self._handshake(nursery, prefixed, output)
                 if ws_request is not None:

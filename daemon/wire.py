@@ -9,8 +9,9 @@ trio-websocket frames each ``send_message`` through wsproto and writes it with
   pongs, the close frame), goes through one ``OutputStream``, which wraps the stream
   trio-websocket is given. ``write`` is synchronous: when nothing is pending it writes
   straight to the socket (one ``os.write``, no task switch); what the kernel does not
-  take waits, in order, for the stream's flusher task, which writes everything pending
-  with one ``os.writev`` whenever the socket is writable. Order is all that keeps frames
+  take waits, in order, for a flusher task, which writes everything pending with one
+  ``os.writev`` whenever the socket is writable, and ends once nothing is pending (an
+  idle connection holds no flusher task). Order is all that keeps frames
   whole, and one buffer gives it.
 * Without a socket file descriptor (TLS, in-memory streams) the flusher writes through
   the wrapped stream's ``send_all`` instead, in batches.
@@ -55,13 +56,14 @@ class OutputStream(trio.abc.Stream):
     progress for ``stall_timeout`` seconds (the peer stopped reading).
     """
 
-    def __init__(self, inner: trio.abc.Stream, fd: int | None, *, stall_timeout: float = 10.0,
-                 on_stall: Callable[[], None] | None = None) -> None:
+    def __init__(self, inner: trio.abc.Stream, fd: int | None, nursery: trio.Nursery, *,
+                 stall_timeout: float = 10.0, on_stall: Callable[[], None] | None = None) -> None:
         self._inner = inner
         self._fd = fd
+        self._nursery = nursery  # where flusher tasks run: the connection's own nursery
+        self._flushing = False
         self._pending: collections.deque[bytes] = collections.deque()
         self._head_started = False  # the first pending item is the rest of a half-written frame
-        self._wakeup = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
         self._closed = False
@@ -106,8 +108,11 @@ class OutputStream(trio.abc.Stream):
                 data = data[written:]
                 self._head_started = True
         self._pending.append(data)
-        self._drained = trio.Event() if self._drained.is_set() else self._drained
-        self._wakeup.set()
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        if not self._flushing:
+            self._flushing = True
+            self._nursery.start_soon(self._flush)
 
     def discard_pending(self) -> None:
         """Drop what waits, except the rest of a frame already half on the wire."""
@@ -137,31 +142,28 @@ class OutputStream(trio.abc.Stream):
         self._fd = None  # the descriptor may be reused by the next connection
         self._pending.clear()
         self._drained.set()
-        self._wakeup.set()
         await self._inner.aclose()
 
     def _fail(self, exc: OSError) -> None:
         self.error = exc
         self._pending.clear()
         self._drained.set()
-        self._wakeup.set()
 
     # --- the flusher -----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Write pending output whenever the socket can take it; run it in the connection's
-        nursery for as long as the stream lives."""
-        while not self._closed and self.error is None:
+    async def _flush(self) -> None:
+        """Write pending output as the socket takes it; ends when nothing is pending."""
+        try:
+            while self._pending and not self._closed and self.error is None:
+                with trio.move_on_after(self.stall_timeout) as waited:
+                    await self._flush_some()
+                if waited.cancelled_caught and self._pending and self.on_stall is not None:
+                    self.on_stall()
+                    self.on_stall = None  # once; the close handshake is bounded elsewhere
+        finally:
+            self._flushing = False
             if not self._pending:
-                self._wakeup = trio.Event()
                 self._drained.set()
-                await self._wakeup.wait()
-                continue
-            with trio.move_on_after(self.stall_timeout) as waited:
-                await self._flush_some()
-            if waited.cancelled_caught and self._pending and self.on_stall is not None:
-                self.on_stall()
-                self.on_stall = None  # once; the close handshake is bounded elsewhere
 
     async def _flush_some(self) -> None:
         fd = self._fd
