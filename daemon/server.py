@@ -121,6 +121,10 @@ class Daemon:
         self.admin_codecs = {f: Codec(f, admin_types, max_frame_bytes=config.max_frame_bytes)
                              for f in WireFormat}
         self.connections: dict[ConnId, Connection] = {}
+        # Streams corked while the callbacks of one committed batch run: each gets the
+        # batch's frames in one write (see _send and _batch_done).
+        self._corked: list[wire.OutputStream] | None = None
+        writer.on_batch_done = self._batch_done
         self.timers: dict[tuple[str, str], trio.CancelScope] = {}
         self.connection_closed = trio.Event()  # renewed by shutdown() while it waits
         self._next_conn = 0
@@ -165,6 +169,8 @@ class Daemon:
 
     def _committed(self, effect: Persist) -> Any:
         def on_done(exc: BaseException | None) -> None:
+            if self._corked is None:
+                self._corked = []
             if exc is None:
                 if effect.on_commit is not None:
                     self.apply_now(effect.on_commit())
@@ -185,8 +191,16 @@ class Daemon:
             if payload is None:
                 data = self.room_codecs[conn.format].encode(effect.frame)
                 payload = framed[conn.format] = wire.frame(data, binary=conn.format.binary)
+            if self._corked is not None and not conn.out.corked:
+                conn.out.cork()
+                self._corked.append(conn.out)
             conn.enqueue(payload)
         self.counters["frames_out"] += len(effect.to)
+
+    def _batch_done(self) -> None:
+        corked, self._corked = self._corked, None
+        for out in corked or ():
+            out.uncork()
 
     async def _query(self, effect: Query) -> None:
         try:

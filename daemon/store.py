@@ -470,6 +470,9 @@ class StoreWriter:
     """
 
     def __init__(self, store: Store, *, queue_size: int = 4096) -> None:
+        # Called after the callbacks of each committed batch, from the same task with no
+        # checkpoint in between (the daemon joins a batch's frames into one write).
+        self.on_batch_done: Callable[[], None] | None = None
         self._store = store
         send, receive = trio.open_memory_channel[_Job](queue_size)
         self._send = send
@@ -527,6 +530,11 @@ class StoreWriter:
                     job.on_done(result)
                 except Exception:
                     logger.exception("store write callback %r raised", job.on_done)
+            if self.on_batch_done is not None:
+                try:
+                    self.on_batch_done()
+                except Exception:
+                    logger.exception("store batch callback raised")
 
     def _commit_jobs(self, jobs: list[_Job]) -> list[Exception | None]:
         # Runs in the worker thread. One thread hop per batch, retries included.

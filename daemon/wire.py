@@ -62,6 +62,7 @@ class OutputStream(trio.abc.Stream):
         self._fd = fd
         self._nursery = nursery  # where flusher tasks run: the connection's own nursery
         self._flushing = False
+        self._cork: list[bytes] | None = None
         self._pending: collections.deque[bytes] = collections.deque()
         self._head_started = False  # the first pending item is the rest of a half-written frame
         self._drained = trio.Event()
@@ -83,7 +84,22 @@ class OutputStream(trio.abc.Stream):
     @property
     def pending(self) -> int:
         """Return how many writes (frames) wait for the socket."""
-        return len(self._pending)
+        return len(self._pending) + (len(self._cork) if self._cork is not None else 0)
+
+    @property
+    def corked(self) -> bool:
+        return self._cork is not None
+
+    def cork(self) -> None:
+        """Hold writes back until ``uncork``, which writes them together (one syscall)."""
+        if self._cork is None:
+            self._cork = []
+
+    def uncork(self) -> None:
+        """Write what ``cork`` held back, as one write."""
+        held, self._cork = self._cork, None
+        if held:
+            self.write(held[0] if len(held) == 1 else b"".join(held))
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` after everything written before it; write now if nothing waits.
@@ -92,6 +108,9 @@ class OutputStream(trio.abc.Stream):
         connection's reader notices the failure and ends the session).
         """
         if self._closed or self.error is not None:
+            return
+        if self._cork is not None:
+            self._cork.append(data)
             return
         if not self._pending and self._fd is not None:
             try:
@@ -116,6 +135,7 @@ class OutputStream(trio.abc.Stream):
 
     def discard_pending(self) -> None:
         """Drop what waits, except the rest of a frame already half on the wire."""
+        self._cork = None
         keep = self._pending[0] if (self._pending and self._head_started) else None
         self._pending.clear()
         if keep is not None:

@@ -124,3 +124,20 @@ async def test_without_a_descriptor_writes_go_through_send_all() -> None:
             while len(_parse(data)) < 6:
                 data += await right.receive_some()
     assert [p for _, p in _parse(data)] == [b"m0", b"m1", b"m2", b"m3", b"m4", b"last"]
+
+
+async def test_corked_writes_leave_together_in_order() -> None:
+    stream, peer = await _pair()
+    async with trio.open_nursery() as nursery:
+        out = wire.OutputStream(stream, stream.socket.fileno(), nursery)
+        out.write(wire.frame(b"before", binary=True))
+        out.cork()
+        for i in range(3):
+            out.write(wire.frame(f"held {i}".encode(), binary=True))
+        assert out.pending == 3
+        before = await _read_all(peer, 8)
+        assert _parse(before) == [(fp.Opcode.BINARY, b"before")]
+        out.uncork()
+        held = await _read_all(peer, 3 * 8)
+    assert [p for _, p in _parse(held)] == [b"held 0", b"held 1", b"held 2"]
+    peer.close()
