@@ -90,17 +90,6 @@ _SCHEMA = (
 
 
 
-__all__ = [
-    "AppendLog",
-    "DeleteRoom",
-    "LogEntry",
-    "PutRoom",
-    "Store",
-    "StoreError",
-    "StoreWriter",
-    "StoredRoom",
-    "Write",
-]
 
 
 class StoreError(Exception):

@@ -126,6 +126,18 @@ class Client:
             raise AssertionError(f"unexpected frame: {frame!r}")
 
 
+async def closing(client: Client, timeout: float = WAIT) -> tuple[list[dict[str, Any]], int]:
+    """Return the frames that arrive until the connection closes, and its close code."""
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                seen.append(await client.recv(timeout=timeout))
+            except trio_websocket.ConnectionClosed as exc:
+                assert exc.reason is not None
+                return seen, exc.reason.code
+
+
 @pytest.fixture
 def make_config(tmp_path: pathlib.Path) -> Callable[..., daemon.Config]:
     def make(**overrides: Any) -> daemon.Config:

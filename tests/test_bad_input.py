@@ -19,7 +19,7 @@ import trio
 import trio_websocket
 
 import daemon
-from tests.conftest import WAIT, Client, Server, running_server
+from tests.conftest import WAIT, Client, Server, closing, running_server
 
 Connect = Callable[..., Any]
 Case = Callable[[Server, Connect], Awaitable[None]]
@@ -32,18 +32,6 @@ MAX_BAD_FRAMES = 20  # the daemon's default; the policy case relies on it
 
 def config(make_config: Callable[..., daemon.Config]) -> daemon.Config:
     return make_config(grace=GRACE, handshake_timeout=HANDSHAKE)
-
-
-async def closing(client: Client, timeout: float = WAIT) -> tuple[list[dict[str, Any]], int]:
-    """Return the frames that arrive until the connection closes, and its close code."""
-    seen: list[dict[str, Any]] = []
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                seen.append(await client.recv(timeout=timeout))
-            except trio_websocket.ConnectionClosed as exc:
-                assert exc.reason is not None
-                return seen, exc.reason.code
 
 
 async def error_for(client: Client, data: str | bytes, ref: str | None) -> dict[str, Any]:

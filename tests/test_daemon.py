@@ -19,7 +19,7 @@ import trio
 import trio_websocket
 
 import daemon
-from tests.conftest import WAIT, Client, Server, running_server
+from tests.conftest import WAIT, Client, Server, closing, running_server
 
 Connect = Callable[..., Any]
 
@@ -36,18 +36,6 @@ async def close_code(ws: trio_websocket.WebSocketConnection, timeout: float = WA
             except trio_websocket.ConnectionClosed as exc:
                 assert exc.reason is not None
                 return exc.reason.code
-
-
-async def closing(client: Client, timeout: float = WAIT) -> tuple[list[dict[str, Any]], int]:
-    """Return the frames that arrive until the connection closes, and its close code."""
-    seen: list[dict[str, Any]] = []
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                seen.append(await client.recv(timeout=timeout))
-            except trio_websocket.ConnectionClosed as exc:
-                assert exc.reason is not None
-                return seen, exc.reason.code
 
 
 _exchange_refs = itertools.count(1)
