@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from protocol.limits import MAX_FRAME_BYTES
 
@@ -13,6 +15,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8750
 DB_FILE = "roomctl.db"
 ADMIN_TOKEN_FILE = "admin-token"
+LOCK_FILE = "lock"
 
 
 def default_data_dir() -> Path:
@@ -68,6 +71,35 @@ def ensure_admin_token(data_dir: Path) -> str:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return token
+
+
+class DataDirInUse(OSError):
+    """Another daemon holds the data directory's lock."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Take the data directory's exclusive lock; return the open lock file (close to release).
+
+    Two daemons on one database would hand out the same sequence numbers. Raises
+    DataDirInUse, naming the holder's pid, when another process has the lock.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    lock = os.fdopen(fd, "r+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise DataDirInUse(
+            f"data directory {data_dir} is in use by another roomctl serve (pid {holder})"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def read_admin_token(data_dir: Path) -> str | None:

@@ -36,7 +36,7 @@ import trio_websocket
 
 from daemon import wire
 from daemon.apps import App
-from daemon.config import Config, ensure_admin_token
+from daemon.config import ADMIN_TOKEN_FILE, Config, ensure_admin_token, lock_data_dir
 from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Query, Send, StartTimer
 from daemon.engine import Engine
 from daemon.front import FrontLimits, HttpRequest, HttpResponse, handle_connection, serve_tcp
@@ -430,7 +430,23 @@ async def serve(
 
         apps = [ChatApp()]
     admin_token = ensure_admin_token(config.data_dir)
-    store = await trio.to_thread.run_sync(Store.open, config.db_path)
+    lock = None if config.memory else lock_data_dir(config.data_dir)
+    try:
+        store = await trio.to_thread.run_sync(Store.open, config.db_path)
+        await _serve(config, apps, store, admin_token, task_status=task_status)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+async def _serve(
+    config: Config,
+    apps: Sequence[App[Any, Any]],
+    store: Store,
+    admin_token: str,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]],
+) -> None:
     writer = StoreWriter(store)
     # Connections and the store writer must outlive the listener: on cancellation the
     # listener stops at once, clients get a 1001 close handshake (their readers still
@@ -466,7 +482,9 @@ async def serve(
                                         on_websocket=daemon.on_websocket, limits=limits)
 
             address = await nursery.start(serve_tcp, on_tcp, config.host, config.port, handlers)
-            log.info("listening on %s:%d", *address)
+            log.info("listening on %s:%d; %s; admin token in %s", *address,
+                     "rooms in memory" if config.memory else f"rooms in {config.db_path}",
+                     config.data_dir / ADMIN_TOKEN_FILE)
             task_status.started(address)
             await trio.sleep_forever()
         finally:

@@ -138,3 +138,17 @@ async def test_acknowledged_messages_survive_kill_9(
     for seq, ref in acked:
         round_, i = ref.split("-")
         assert by_seq.get(seq) == f"r{round_}-{i}", f"acknowledged message {ref} (seq {seq}) lost"
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(
+        serve_process: Callable[..., ServeProcess], tmp_path: pathlib.Path) -> None:
+    first = serve_process()
+    out = subprocess.run(
+        [sys.executable, "-m", "roomctl", "serve", "--port", "0", "--data-dir",
+         str(first.data_dir)], capture_output=True, text=True, timeout=WAIT, cwd=ROOT)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"roomctl serve: data directory {first.data_dir} is in use by another roomctl serve "
+        f"(pid {first.proc.pid})"
+    ]
+    assert first.proc.poll() is None  # the first one is unaffected
