@@ -84,6 +84,10 @@ class Connection:
         if self.close_code is not None:
             return
         self.out.write(payload)
+        self.check_backlog()
+
+    def check_backlog(self) -> None:
+        """Close the connection as a slow consumer if too many writes wait for its socket."""
         if self.out.pending > self.max_pending:
             self.close(CloseCode.SLOW_CONSUMER, "outbound queue overflowed", flush=False)
 
@@ -123,7 +127,7 @@ class Daemon:
         self.connections: dict[ConnId, Connection] = {}
         # Streams corked while the callbacks of one committed batch run: each gets the
         # batch's frames in one write (see _send and _batch_done).
-        self._corked: list[wire.OutputStream] | None = None
+        self._corked: list[Connection] | None = None
         writer.on_batch_done = self._batch_done
         self.timers: dict[tuple[str, str], trio.CancelScope] = {}
         self.connection_closed = trio.Event()  # renewed by shutdown() while it waits
@@ -193,14 +197,15 @@ class Daemon:
                 payload = framed[conn.format] = wire.frame(data, binary=conn.format.binary)
             if self._corked is not None and not conn.out.corked:
                 conn.out.cork()
-                self._corked.append(conn.out)
+                self._corked.append(conn)
             conn.enqueue(payload)
         self.counters["frames_out"] += len(effect.to)
 
     def _batch_done(self) -> None:
         corked, self._corked = self._corked, None
-        for out in corked or ():
-            out.uncork()
+        for conn in corked or ():
+            conn.out.uncork()
+            conn.check_backlog()
 
     async def _query(self, effect: Query) -> None:
         try:

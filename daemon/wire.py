@@ -83,8 +83,8 @@ class OutputStream(trio.abc.Stream):
 
     @property
     def pending(self) -> int:
-        """Return how many writes (frames) wait for the socket."""
-        return len(self._pending) + (len(self._cork) if self._cork is not None else 0)
+        """Return how many writes wait for the socket (not counting corked ones)."""
+        return len(self._pending)
 
     @property
     def corked(self) -> bool:
