@@ -18,6 +18,15 @@ acknowledgements and broadcasts of a message therefore leave only after its comm
 
 One connection's failure never reaches another: every handler catches at its boundary,
 logs once, and closes its own connection with a code that says why (1011 for our bugs).
+
+Queues, and what happens when each is full:
+* a connection's output (``wire.OutputStream``): over ``outbound_queue`` writes waiting
+  for the socket, or no progress for ``send_timeout``: closed with 4011;
+* a connection's input (trio-websocket's message queue, 64 frames): its reader stops
+  reading the socket, so TCP pushes back on that client alone;
+* the store writer's queue (4096 jobs): the connection submitting waits, so a flood of
+  writes slows its sender, not the room's readers;
+* timers: one per disconnected session, so bounded by the sessions.
 """
 
 from __future__ import annotations
