@@ -6,6 +6,7 @@ option can also come from a ``ROOMCTL_*`` environment variable.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -112,6 +113,12 @@ def serve(
         grace=grace,
         auto_create=auto_create,
     )
+
+    # A daemon holds thousands of long-lived objects per thousand connections; with the
+    # default thresholds the cyclic GC rescans them all the time (20 % of the CPU of a
+    # connect storm here). Freeze what start-up made and collect young objects less often.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
