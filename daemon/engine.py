@@ -137,7 +137,7 @@ class Engine:
         self.rooms: dict[str, Room] = {}
         self.conns: dict[ConnId, Session] = {}
         self._by_token: dict[str, Session] = {}
-        self._session_ids: set[str] = set()
+        self._sessions: dict[str, Session] = {}  # every session of every room, by id
         # Stored rooms whose app is not installed: kept off limits so they are not overwritten.
         self.foreign_rooms: set[str] = set()
         self.last_now = 0.0
@@ -289,10 +289,9 @@ class Engine:
         kind, session_id = key
         if kind != "grace":
             return []
-        for room in self.rooms.values():
-            session = room.sessions.get(session_id)
-            if session is not None and not session.live:
-                return self._remove(session, reason="timeout", now=now)
+        session = self._sessions.get(session_id)
+        if session is not None and not session.live:
+            return self._remove(session, reason="timeout", now=now)
         return []
 
     def admin(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
@@ -321,7 +320,7 @@ class Engine:
         ctx = Context(self, room, None, hello.ref, now, conn=conn)
         meta = room.app.admit(ctx, hello)
         session_id = self._new_id()
-        while session_id in self._session_ids:
+        while session_id in self._sessions:
             session_id = self._new_id()
         session = Session(
             id=session_id,
@@ -335,7 +334,7 @@ class Engine:
         room.sessions[session.id] = session
         self.conns[conn] = session
         self._by_token[session.resume_token] = session
-        self._session_ids.add(session.id)
+        self._sessions[session.id] = session
         ctx.session = session
         ctx.reply(self._welcome(session, hello.ref, resumed=False))
         if not session.hidden:
@@ -378,7 +377,7 @@ class Engine:
         room = session.room
         room.sessions.pop(session.id, None)
         self._by_token.pop(session.resume_token, None)
-        self._session_ids.discard(session.id)
+        self._sessions.pop(session.id, None)
         if session.conn is not None:
             self.conns.pop(session.conn, None)
         ctx = Context(self, room, None, None, now)
@@ -564,7 +563,7 @@ class Engine:
             else:
                 effects.append(CancelTimer(grace_timer(session.id)))
             self._by_token.pop(session.resume_token, None)
-            self._session_ids.discard(session.id)
+            self._sessions.pop(session.id, None)
         room.sessions.clear()
         del self.rooms[room.name]
         ctx = Context(self, room, None, request.ref, now, conn=conn)
