@@ -516,6 +516,9 @@ class _Connection:
                 if ws_request is not None:
                     await self._run_websocket_handler(ws_request, request)
             finally:
+                # The socket is closed after this; its descriptor number must not be
+                # written to again, whoever still holds the output stream.
+                output.release()
                 # The reader task would otherwise keep the nursery (and socket) alive.
                 nursery.cancel_scope.cancel()
 

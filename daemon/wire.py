@@ -157,11 +157,20 @@ class OutputStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._drained.wait()
 
-    async def aclose(self) -> None:
+    def release(self) -> None:
+        """Stop writing for good; from here on writes are dropped.
+
+        Call it before the socket is closed by anyone else: its descriptor number may be
+        reused by the next connection at once.
+        """
         self._closed = True
-        self._fd = None  # the descriptor may be reused by the next connection
+        self._fd = None
         self._pending.clear()
+        self._cork = None
         self._drained.set()
+
+    async def aclose(self) -> None:
+        self.release()
         await self._inner.aclose()
 
     def _fail(self, exc: OSError) -> None:

@@ -141,3 +141,19 @@ async def test_corked_writes_leave_together_in_order() -> None:
         held = await _read_all(peer, 3 * 8)
     assert [p for _, p in _parse(held)] == [b"held 0", b"held 1", b"held 2"]
     peer.close()
+
+
+async def test_a_released_stream_never_writes_to_its_old_descriptor() -> None:
+    stream, peer = await _pair()
+    async with trio.open_nursery() as nursery:
+        out = wire.OutputStream(stream, stream.socket.fileno(), nursery)
+        out.write(wire.frame(b"before", binary=True))
+        out.release()
+        out.write(wire.frame(b"after", binary=True))  # dropped, not written
+        assert out.pending == 0
+    data = await _read_all(peer, 8)
+    with trio.move_on_after(0.2):
+        await trio.lowlevel.wait_readable(peer)
+        data += peer.recv(100)
+    assert _parse(data) == [(fp.Opcode.BINARY, b"before")]
+    peer.close()
