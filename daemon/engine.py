@@ -41,6 +41,7 @@ from protocol.messages import (
     IceCandidateRelayed,
     Join,
     Leave,
+    LeaveReason,
     MediaState,
     Part,
     Participant,
@@ -373,7 +374,7 @@ class Engine:
                     self._connect_peers(ctx, offerer=session, answerer=other)
         return ctx.effects
 
-    def _remove(self, session: Session, *, reason: str, now: float) -> list[Effect]:
+    def _remove(self, session: Session, *, reason: LeaveReason, now: float) -> list[Effect]:
         room = session.room
         room.sessions.pop(session.id, None)
         self._by_token.pop(session.resume_token, None)
@@ -383,7 +384,7 @@ class Engine:
         ctx = Context(self, room, None, None, now)
         self._drop_edges(ctx, session)
         if not session.hidden:
-            ctx.broadcast(ParticipantLeft(participant_id=session.id, reason=reason))  # type: ignore[arg-type]
+            ctx.broadcast(ParticipantLeft(participant_id=session.id, reason=reason))
         return ctx.effects
 
     # --- the mesh --------------------------------------------------------------------------

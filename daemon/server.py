@@ -31,6 +31,7 @@ Queues, and what happens when each is full:
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -379,12 +380,10 @@ class Daemon:
     async def _serve_admin(self, conn: Connection) -> None:
         codec = self.admin_codecs[conn.format]
         deadline = trio.current_time() + self.config.handshake_timeout
-        while True:
-            hello = await self._hello(conn, codec, deadline)
-            if hello is None:
-                return
-            if hello.token is not None and _same(hello.token, self.admin_token):
-                break
+        hello = await self._hello(conn, codec, deadline)
+        if hello is None:
+            return
+        if hello.token is None or not _same(hello.token, self.admin_token):
             self.apply_now([Send((conn.id,), Error(ref=hello.ref, code=ErrorCode.UNAUTHORIZED,
                                                    message="a valid admin token is required"))])
             conn.close(CloseCode.UNAUTHORIZED, "admin token required")
@@ -413,8 +412,7 @@ class Daemon:
 
 
 def _same(given: str, expected: str) -> bool:
-    import hmac
-
+    """Compare tokens in constant time."""
     return hmac.compare_digest(given.encode(), expected.encode())
 
 

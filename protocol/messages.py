@@ -195,9 +195,12 @@ class ParticipantUpdated(Event, tag="participant-updated", frozen=True, kw_only=
     participant: Participant
 
 
+LeaveReason = Literal["left", "timeout", "kicked"]
+
+
 class ParticipantLeft(Event, tag="participant-left", frozen=True, kw_only=True):
     participant_id: SessionId
-    reason: Literal["left", "timeout", "kicked"] = "left"
+    reason: LeaveReason = "left"
 
 
 class AddPeer(Event, tag="add-peer", frozen=True, kw_only=True):

@@ -30,12 +30,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAIT = 5.0  # seconds any single expected frame may take
 
 
-@dataclass
-class Server:
+class _Address:
+    """ws:// and http:// base URLs of a daemon listening on ``host``:``port``."""
+
     host: str
     port: int
-    data_dir: pathlib.Path
-    config: daemon.Config
 
     @property
     def url(self) -> str:
@@ -44,6 +43,14 @@ class Server:
     @property
     def http(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class Server(_Address):
+    host: str
+    port: int
+    data_dir: pathlib.Path
+    config: daemon.Config
 
     @property
     def admin_token(self) -> str:
@@ -184,21 +191,13 @@ def connect(server: Server) -> Callable[..., Any]:
 
 
 @dataclass
-class ServeProcess:
+class ServeProcess(_Address):
     """A real ``roomctl serve`` subprocess."""
 
     proc: subprocess.Popen[str]
     host: str
     port: int
     data_dir: pathlib.Path
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    @property
-    def http(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 def start_serve(data_dir: pathlib.Path, *args: str, env: dict[str, str] | None = None,
