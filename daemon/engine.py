@@ -220,7 +220,8 @@ class Engine:
         effects: list[Effect] = []
         room = self.rooms.get(room_name)
         if room is None:
-            if not self.auto_create or hello.resume is not None or room_name in self.foreign_rooms:
+            if (not self.auto_create or not hello.create or hello.resume is not None
+                    or room_name in self.foreign_rooms):
                 return [
                     Send((conn,), Error(ref=hello.ref, code=ErrorCode.NOT_FOUND,
                                         message=f"no room named {room_name!r}")),

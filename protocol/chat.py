@@ -32,6 +32,7 @@ class ChatRoomMeta(msgspec.Struct, frozen=True, kw_only=True):
     pins: list[Seq] = []
     creator: str | None = None
     max_participants: MaxParticipants | None = None
+    public: bool = False  # listed in the web page's lobby (GET /v1/rooms)
 
 
 class ChatParticipantMeta(msgspec.Struct, frozen=True, kw_only=True):

@@ -105,7 +105,8 @@ class Hello(Request, tag="hello", frozen=True, kw_only=True):
     """The first frame of every connection.
 
     ``resume`` carries the resume token of a session that dropped inside the grace period;
-    ``hidden`` makes an observer that never appears as a participant (``roomctl tail``).
+    ``hidden`` makes an observer that never appears as a participant (``roomctl tail``);
+    ``create: false`` refuses to create a missing room even where the daemon auto-creates.
     """
 
     name: DisplayName | None = None
@@ -113,6 +114,7 @@ class Hello(Request, tag="hello", frozen=True, kw_only=True):
     resume: Token | None = None
     hidden: bool = False
     protocol: int = PROTOCOL_VERSION
+    create: bool = True
 
 
 class Leave(Request, tag="leave", frozen=True, kw_only=True):

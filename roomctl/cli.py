@@ -15,7 +15,12 @@ from typing import Annotated
 
 import typer
 
-from roomctl import __version__
+from roomctl import __version__, participants, post, rooms, tail
+
+try:  # Typer 0.22+ vendors Click; older releases use Click itself.
+    from typer._click import exceptions as click
+except ImportError:  # pragma: no cover
+    import click  # type: ignore[no-redef]
 
 app = typer.Typer(
     name="roomctl",
@@ -157,6 +162,29 @@ def _startup_error(
     return None
 
 
+# --- client commands (each in its own module) ---------------------------------------------
+app.add_typer(rooms.room_app)
+app.command("kick")(rooms.kick)
+app.command("who")(participants.who)
+app.command("wait")(participants.wait)
+app.command("post")(post.post)
+app.command("tail")(tail.tail)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors are one line on stderr and exit 2."""
+    try:
+        status = app(standalone_mode=False)
+    except click.UsageError as exc:
+        message = exc.format_message().rstrip(".")
+        if message:  # empty when a group was called without a command (help was shown)
+            hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+            print(f"roomctl: {message}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        print(f"roomctl: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("roomctl: aborted", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import json
 import os
 import pathlib
@@ -357,7 +358,7 @@ def _help(*args: str) -> str:
 
 
 def _options_in(text: str) -> set[str]:
-    return set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text))
+    return set(re.findall(r"(?<![\w-])(--?[a-zA-Z][a-z-]*)", text))
 
 
 def _help_options(*command: str) -> set[str]:
@@ -411,8 +412,62 @@ def test_each_serve_option_names_its_variable_and_default() -> None:
             assert f"Default: {default}" in body, param.name
 
 
+def _commands(group: Any = None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Every leaf command of the CLI by its path: ("room", "create") -> click command."""
+    group = group if group is not None else typer.main.get_command(app)
+    found: dict[tuple[str, ...], Any] = {}
+    for name, command in getattr(group, "commands", {}).items():
+        if getattr(command, "commands", None) is not None:
+            found.update(_commands(command, (*path, name)))
+        else:
+            found[(*path, name)] = command
+    return found
+
+
+COMMANDS = _commands()
+CLIENT_COMMANDS = {path: cmd for path, cmd in COMMANDS.items() if path != ("serve",)}
+
+
+def _command_section(path: tuple[str, ...]) -> list[str]:
+    """The lines of the .SS whose heading starts with ``roomctl PATH``."""
+    heading = "roomctl " + " ".join(path)
+    matches = [lines for title, lines in sections(source(CLI_PAGE), ".SS").items()
+               if title == heading or title.startswith(heading + " ")]
+    assert len(matches) == 1, f"roomctl.1 needs exactly one .SS for {heading!r}"
+    return matches[0]
+
+
+def test_the_cli_has_the_commands_the_issue_names() -> None:
+    assert {("room", "create"), ("room", "list"), ("room", "show"), ("room", "delete"),
+            ("room", "topic"), ("room", "pin"), ("room", "unpin"), ("who",), ("post",),
+            ("tail",), ("wait",), ("kick",), ("serve",)} <= COMMANDS.keys()
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
+def test_every_command_has_its_own_subsection(path: tuple[str, ...]) -> None:
+    assert _command_section(path)
+
+
+@pytest.mark.parametrize("path", sorted(CLIENT_COMMANDS), ids=" ".join)
+def test_every_option_of_a_client_command_is_documented(path: tuple[str, ...]) -> None:
+    from roomctl.options import _GLOBAL_NAMES
+
+    command = CLIENT_COMMANDS[path]
+    rows = [line for line in _help(*path).splitlines() if re.match(r"^\W\s+-", line)]
+    shown = {token for row in rows
+             for token in itertools.takewhile(lambda t: t.startswith("-"), row.split()[1:])}
+    defined = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    assert {o for o in defined if o.startswith("-")} <= shown  # the parser sees them all
+    connection = {o for p in command.params if p.name in _GLOBAL_NAMES
+                  for o in (*p.opts, *p.secondary_opts)}
+    own_section = {opt for item in items(_command_section(path))
+                   for opt in _options_in(item.tag)}
+    assert shown - connection - {"-h", "--help"} <= own_section
+    assert connection | {"--help"} <= _documented_options("CONNECTION OPTIONS")
+
+
 def test_every_environment_variable_of_the_cli_is_documented() -> None:
-    cli_source = (ROOT / "roomctl" / "cli.py").read_text()
+    cli_source = "\n".join(path.read_text() for path in (ROOT / "roomctl").rglob("*.py"))
     variables = set(re.findall(r"\bROOMCTL_[A-Z][A-Z_]*", cli_source))
     assert variables  # the CLI reads some
     documented = {item.tag for item in _cli_items("ENVIRONMENT")}

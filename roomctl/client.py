@@ -1,0 +1,380 @@
+"""The client side of protocol v1, on trio: where the daemon is, and one open connection to it.
+
+``Target`` is what the global options resolve to (URL, token, TLS, timeout). ``open_room`` and
+``open_admin`` open a WebSocket, say hello and yield a ``Session`` whose ``request`` waits for
+the one reply to a request (by ``ref``) and whose ``receive`` returns the other frames in order.
+
+Every failure a command can meet is turned into a ``CliError`` carrying the exit code a script
+branches on (see ``ExitCode``); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import ipaddress
+import itertools
+import logging
+import math
+import os
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import msgspec
+import trio
+import trio_websocket
+
+from protocol import CORE_EVENTS, Codec, WireFormat
+from protocol.admin import ADMIN_EVENTS
+from protocol.chat import CHAT_EVENTS
+from protocol.errors import CloseCode, ErrorCode
+from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
+
+log = logging.getLogger("roomctl.client")
+
+DEFAULT_URL = "http://127.0.0.1:8750"
+ADMIN_TOKEN_FILE = "admin-token"  # the daemon's file in its data directory (daemon.config)
+
+
+class ExitCode(enum.IntEnum):
+    """The exit codes of every client command; documented in roomctl(1) and stable."""
+
+    OK = 0
+    REFUSED = 1  # the daemon answered with an error (its code is printed)
+    USAGE = 2  # bad command line (Typer/Click's own code)
+    NOT_FOUND = 3  # no such room or participant
+    UNAUTHORIZED = 4  # missing, wrong or under-granted token
+    UNREACHABLE = 5  # no daemon at the URL (connection refused, DNS, TLS failure)
+    TIMEOUT = 6  # --timeout (or wait's --timeout) ran out
+    INTERRUPTED = 130  # not used for Ctrl-C on tail/join, which exit 0
+
+
+class CliError(Exception):
+    """A command failed; ``message`` is the one line for stderr, ``exit_code`` the status."""
+
+    def __init__(self, exit_code: ExitCode, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.message = message
+        self.code = code  # the daemon's error code, when it refused
+
+
+_EXIT_FOR_ERROR: dict[str, ExitCode] = {
+    ErrorCode.NOT_FOUND: ExitCode.NOT_FOUND,
+    ErrorCode.UNAUTHORIZED: ExitCode.UNAUTHORIZED,
+    ErrorCode.FORBIDDEN: ExitCode.UNAUTHORIZED,
+}
+
+_EXIT_FOR_CLOSE: dict[int, ExitCode] = {
+    CloseCode.UNAUTHORIZED: ExitCode.UNAUTHORIZED,
+    CloseCode.FORBIDDEN: ExitCode.UNAUTHORIZED,
+    CloseCode.ROOM_NOT_FOUND: ExitCode.NOT_FOUND,
+    CloseCode.ROOM_DELETED: ExitCode.NOT_FOUND,
+}
+
+
+def refused(error: Error) -> CliError:
+    """Return the CliError for an ``error`` frame, with the exit code its code maps to."""
+    exit_code = _EXIT_FOR_ERROR.get(str(error.code), ExitCode.REFUSED)
+    return CliError(exit_code, f"{error.code}: {error.message}", code=str(error.code))
+
+
+def closed(exc: trio_websocket.ConnectionClosed) -> CliError:
+    """Return the CliError for a connection the daemon closed."""
+    reason = exc.reason
+    code = reason.code if reason is not None else None
+    text = (reason.reason or reason.name) if reason is not None else "connection lost"
+    exit_code = _EXIT_FOR_CLOSE.get(code, ExitCode.UNREACHABLE) if code else ExitCode.UNREACHABLE
+    if code == CloseCode.GOING_AWAY:
+        text = "the daemon is shutting down"
+    return CliError(exit_code, f"connection closed ({code}): {text}")
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the daemon is and how to talk to it: the resolved global options."""
+
+    url: str = DEFAULT_URL  # http, https, ws or wss; any path is ignored
+    token: str | None = None  # explicit token (--token / ROOMCTL_TOKEN)
+    data_dir: Path | None = None  # where a local daemon keeps its admin token
+    timeout: float = 10.0  # seconds to connect and to get each reply
+    ca_file: Path | None = None
+    insecure: bool = False
+
+    @property
+    def secure(self) -> bool:
+        return urlsplit(self.url).scheme in ("https", "wss")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    def ws_url(self, path: str) -> str:
+        """Return the ws:// or wss:// URL of ``path`` on the daemon."""
+        parts = urlsplit(self.url)
+        scheme = "wss" if self.secure else "ws"
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+    def http_url(self, path: str) -> str:
+        """Return the http:// or https:// URL of ``path`` on the daemon."""
+        parts = urlsplit(self.url)
+        scheme = "https" if self.secure else "http"
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+    def resolved_token(self) -> str | None:
+        """Return the token to present: the explicit one, else a local daemon's admin token.
+
+        The admin token file is read only when the URL names this machine, so a token never
+        leaves it for a remote daemon by accident.
+        """
+        if self.token:
+            return self.token
+        if not _is_local(self.host):
+            return None
+        data_dir = self.data_dir or _default_data_dir()
+        try:
+            return (data_dir / ADMIN_TOKEN_FILE).read_text().strip() or None
+        except OSError:
+            return None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.secure:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.ca_file) if self.ca_file is not None else None)
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def _default_data_dir() -> Path:
+    # Same default as daemon.config.default_data_dir, without importing the daemon.
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "roomctl"
+
+
+def validate_url(url: str) -> str:
+    """Return ``url`` if it is an http, https, ws or wss URL with a host; raise ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "ws", "wss"):
+        raise ValueError(f"{url!r} is not an http, https, ws or wss URL")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(f"{url!r} has a bad port") from None
+    return url
+
+
+ReplyT = TypeVar("ReplyT", bound=Reply)
+
+
+class Session:
+    """One open, welcomed connection; frames are decoded to protocol structs."""
+
+    _refs = itertools.count(1)
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, codec: Codec,
+                 timeout: float) -> None:
+        self.ws = ws
+        self.codec = codec
+        self.timeout = timeout
+        self.welcome: Welcome | None = None
+        self._pending: collections.deque[Any] = collections.deque()
+
+    def next_ref(self) -> str:
+        return f"c{next(self._refs)}"
+
+    async def send(self, frame: Request) -> None:
+        """Send one frame; raises CliError if the connection is gone."""
+        data = self.codec.encode(frame)
+        try:
+            await self.ws.send_message(data.decode() if not self.codec.format.binary else data)
+        except trio_websocket.ConnectionClosed as exc:
+            raise closed(exc) from None
+
+    async def _next(self) -> Any:
+        while True:
+            try:
+                data = await self.ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                raise closed(exc) from None
+            try:
+                return self.codec.decode(data)
+            except Exception as exc:  # an event type this client does not know: skip it
+                log.debug("skipped a frame: %s", exc)
+
+    async def receive(self) -> Any:
+        """Return the next frame that no ``request`` consumed."""
+        if self._pending:
+            return self._pending.popleft()
+        return await self._next()
+
+    async def request(self, frame: Request, expect: type[ReplyT] | None = None) -> Any:
+        """Send ``frame`` (its ``ref`` must be set) and return its reply.
+
+        Frames that arrive meanwhile are kept for ``receive``. Raises CliError: the daemon's
+        ``error`` (exit code by error code), a close, or TIMEOUT after ``timeout`` seconds.
+        """
+        assert frame.ref is not None
+        await self.send(frame)
+        with trio.move_on_after(self.timeout) as scope:
+            while True:
+                reply = await self._next()
+                if isinstance(reply, Reply) and reply.ref == frame.ref:
+                    break
+                self._pending.append(reply)
+        if scope.cancelled_caught:
+            raise CliError(ExitCode.TIMEOUT,
+                           f"no answer to {type(frame).__name__} in {self.timeout:g} s")
+        if isinstance(reply, Error):
+            raise refused(reply)
+        if expect is not None and not isinstance(reply, expect | Ok):
+            raise CliError(ExitCode.REFUSED, f"unexpected answer {type(reply).__name__}")
+        return reply
+
+
+_CLIENT_EVENTS: tuple[type[Event | Reply], ...] = (*CORE_EVENTS, *CHAT_EVENTS, *ADMIN_EVENTS)
+
+
+@asynccontextmanager
+async def connect(target: Target, path: str, hello: Hello) -> AsyncIterator[Session]:
+    """Open ``path`` on the daemon, say ``hello`` and yield the welcomed Session.
+
+    Raises CliError: UNREACHABLE when nothing answers (or TLS fails), TIMEOUT when the
+    handshake takes longer than the target's timeout, and the daemon's refusal otherwise.
+    """
+    url = target.ws_url(path)
+    codec = Codec(WireFormat.JSON, _CLIENT_EVENTS)
+    # trio-websocket's own connect_timeout leaves its reader task waiting on a silent
+    # server, so the handshake is bounded here; the deadline is lifted once connected.
+    connecting = trio.CancelScope(deadline=trio.current_time() + target.timeout)
+    try:
+        with connecting:
+            async with trio_websocket.open_websocket_url(
+                url, ssl_context=target.ssl_context(),
+                subprotocols=[WireFormat.JSON.subprotocol],
+                connect_timeout=math.inf, disconnect_timeout=2,
+            ) as ws:
+                connecting.deadline = math.inf
+                session = Session(ws, codec, target.timeout)
+                welcome = await session.request(
+                    msgspec.structs.replace(hello, ref=session.next_ref()))
+                if not isinstance(welcome, Welcome):
+                    raise CliError(ExitCode.REFUSED,
+                                   f"unexpected answer {type(welcome).__name__}")
+                session.welcome = welcome
+                yield session
+        if connecting.cancelled_caught:
+            raise trio.TooSlowError
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+    except trio.TooSlowError:
+        raise CliError(ExitCode.TIMEOUT,
+                       f"no answer from {target.url} in {target.timeout:g} s") from None
+    except trio_websocket.DisconnectionTimeout:
+        pass  # the daemon did not answer our close in time; the session's work is done
+    except ssl.SSLError as exc:
+        raise CliError(ExitCode.UNREACHABLE,
+                       f"TLS failed with {target.url}: {exc.reason or exc}") from None
+    except trio_websocket.HandshakeError as exc:
+        raise CliError(ExitCode.UNREACHABLE, _handshake_text(target, exc)) from None
+    except OSError as exc:
+        raise CliError(ExitCode.UNREACHABLE,
+                       f"cannot reach {target.url}: {_describe(exc)}") from None
+
+
+def _single(group: BaseExceptionGroup[Any]) -> BaseException:
+    """Return the one exception a group of one holds (nurseries wrap everything)."""
+    leaves = list(_leaves(group))
+    if len(leaves) == 1:
+        return leaves[0]
+    for leaf in leaves:
+        if isinstance(leaf, CliError):
+            return leaf
+    return group
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _handshake_text(target: Target, exc: trio_websocket.HandshakeError) -> str:
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        body = (exc.body or b"").decode(errors="replace").strip()
+        return f"{target.url} refused the connection (HTTP {exc.status_code}) {body}".strip()
+    return f"cannot reach {target.url}: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    """Return the most telling reason in an exception's causes (``Connection refused``)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return f"TLS: {current.reason or current}"
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return str(exc) or "connection failed"
+
+
+def room_path(room: str) -> str:
+    return f"/v1/rooms/{quote(room, safe='')}"
+
+
+ADMIN_PATH = "/v1/admin"
+
+
+@asynccontextmanager
+async def open_room(target: Target, room: str, *, name: str | None = None,
+                    hidden: bool = False, resume: str | None = None,
+                    create: bool = False) -> AsyncIterator[Session]:
+    """Join ``room`` (as a hidden observer with ``hidden``) and yield the Session.
+
+    The CLI never creates a room by joining it unless asked (``create``): a typo in a
+    script must not make a new, unread room. A missing room is CliError NOT_FOUND.
+    """
+    hello = Hello(name=name, token=target.resolved_token(), hidden=hidden, resume=resume,
+                  create=create)
+    async with connect(target, room_path(room), hello) as session:
+        yield session
+
+
+@asynccontextmanager
+async def open_admin(target: Target) -> AsyncIterator[Session]:
+    """Open the admin endpoint with the admin token and yield the Session."""
+    token = target.resolved_token()
+    if token is None:
+        token_file = (target.data_dir or _default_data_dir()) / ADMIN_TOKEN_FILE
+        where = f"--token, ROOMCTL_TOKEN or {token_file}" if _is_local(target.host) \
+            else "--token or ROOMCTL_TOKEN"
+        raise CliError(ExitCode.UNAUTHORIZED, f"no admin token: give it with {where}")
+    async with connect(target, ADMIN_PATH, Hello(token=token)) as session:
+        yield session

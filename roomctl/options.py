@@ -1,0 +1,173 @@
+"""The options every client command shares, and the way a command runs.
+
+``client_command`` adds ``--url``, ``--token``, ``--data-dir``, ``--json``, ``--timeout``,
+``--ca-file`` and ``--insecure`` (each with its ``ROOMCTL_*`` variable) to a command's own
+parameters and hands the command a ``Context`` instead. ``run`` executes a trio coroutine
+and turns ``CliError`` into one line on stderr and its exit code: no command prints a
+traceback for a failure it can name.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import trio
+import typer
+
+from roomctl.client import DEFAULT_URL, CliError, ExitCode, Target, validate_url
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a client command gets: where the daemon is, and how to print."""
+
+    target: Target
+    json: bool
+
+
+def _check_url(value: str) -> str:
+    try:
+        return validate_url(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _check_timeout(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def parse_duration(text: str) -> float:
+    """Return seconds for ``30``, ``30s``, ``1.5m``, ``2h`` or ``500ms``; raise ValueError."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            number, factor = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, factor = text, 1.0
+    try:
+        seconds = float(number) * factor
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (like 30, 30s, 5m, 1h)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds
+
+
+_GLOBAL_PARAMS = [
+    inspect.Parameter(
+        "url", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_URL,
+        annotation=Annotated[str, typer.Option(
+            "--url", envvar="ROOMCTL_URL", callback=_check_url, rich_help_panel="Connection",
+            help="The daemon: http, https, ws or wss URL.")]),
+    inspect.Parameter(
+        "token", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[str | None, typer.Option(
+            "--token", envvar="ROOMCTL_TOKEN", rich_help_panel="Connection",
+            show_default="the local daemon's admin token",
+            help="Admin or join token; always wins over the admin token file.")]),
+    inspect.Parameter(
+        "data_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Path | None, typer.Option(
+            "--data-dir", envvar="ROOMCTL_DATA_DIR", rich_help_panel="Connection",
+            show_default="$XDG_STATE_HOME/roomctl",
+            help="A local daemon's data directory, to read its admin token from.")]),
+    inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY),  # see _timeout_param
+    inspect.Parameter(
+        "ca_file", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Path | None, typer.Option(
+            "--ca-file", envvar="ROOMCTL_CA_FILE", exists=True, dir_okay=False,
+            rich_help_panel="Connection",
+            help="CA certificates (PEM) to verify an https/wss daemon with.")]),
+    inspect.Parameter(
+        "insecure", inspect.Parameter.KEYWORD_ONLY, default=False,
+        annotation=Annotated[bool, typer.Option(
+            "--insecure", envvar="ROOMCTL_INSECURE", rich_help_panel="Connection",
+            help="Do not verify the daemon's TLS certificate (testing only).")]),
+    inspect.Parameter(
+        "json_output", inspect.Parameter.KEYWORD_ONLY, default=False,
+        annotation=Annotated[bool, typer.Option(
+            "--json",
+            help="Machine-readable output: one JSON document (JSON lines for streams).")]),
+]
+_GLOBAL_NAMES = {p.name for p in _GLOBAL_PARAMS}
+
+
+def _timeout_param(default: str, help_text: str | None) -> inspect.Parameter:
+    return inspect.Parameter(
+        "timeout", inspect.Parameter.KEYWORD_ONLY, default=default,
+        annotation=Annotated[float, typer.Option(
+            "--timeout", envvar="ROOMCTL_TIMEOUT", parser=_check_timeout, metavar="DURATION",
+            rich_help_panel="Connection",
+            help=help_text or "How long to wait to connect and for each answer (30, 30s, 1m).")])
+
+
+def client_command(
+    func: Callable[..., None] | None = None, *, timeout_default: str = "10s",
+    timeout_help: str | None = None,
+) -> Any:
+    """Give ``func(ctx: Context, ...)`` the shared connection options as Typer parameters.
+
+    Used bare (``@client_command``) or with a command's own ``--timeout`` default and help
+    (``roomctl wait`` bounds its whole wait with it).
+    """
+    if func is None:
+        return functools.partial(client_command, timeout_default=timeout_default,
+                                 timeout_help=timeout_help)
+    own = list(inspect.signature(func, eval_str=True).parameters.values())
+    assert own and own[0].name == "ctx", f"{func.__name__} must take ctx first"
+    shared = [_timeout_param(timeout_default, timeout_help) if p.name == "timeout" else p
+              for p in _GLOBAL_PARAMS]
+    params = own[1:] + shared
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> None:
+        values = {name: kwargs.pop(name) for name in _GLOBAL_NAMES}
+        target = Target(url=values["url"], token=values["token"], data_dir=values["data_dir"],
+                        timeout=values["timeout"], ca_file=values["ca_file"],
+                        insecure=values["insecure"])
+        func(Context(target=target, json=values["json_output"]), **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined,unused-ignore]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    delattr(wrapper, "__wrapped__")  # Typer must see the new signature, not the original
+    return wrapper
+
+
+def fail(message: str, exit_code: ExitCode = ExitCode.REFUSED) -> None:
+    """Print ``roomctl: message`` on stderr and exit with ``exit_code``."""
+    print(f"roomctl: {message}", file=sys.stderr)
+    raise typer.Exit(int(exit_code))
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main`` under trio; a CliError becomes one stderr line and its exit code."""
+    try:
+        return trio.run(main)
+    except CliError as exc:
+        fail(exc.message, exc.exit_code)
+    except BaseExceptionGroup as group:
+        errors = [e for e in _leaves(group) if isinstance(e, CliError)]
+        if errors:
+            fail(errors[0].message, errors[0].exit_code)
+        raise
+    raise AssertionError("unreachable")
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -1,0 +1,269 @@
+"""``roomctl room ...`` and ``roomctl kick``: room management over the admin endpoint.
+
+The topic and the pins belong to the chat app, so ``topic``, ``pin`` and ``unpin`` speak to
+the room itself as a hidden observer (they never appear in the participant list).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import msgspec
+import typer
+
+from protocol.admin import CreateRoom, DeleteRoom, GetRoom, Kick, ListRooms, RoomDetails, RoomList
+from protocol.chat import ChatParticipantMeta, ChatRoomMeta, Pin, SetTopic, Unpin
+from protocol.messages import Participant, RoomInfo
+from roomctl import output
+from roomctl.client import CliError, ExitCode, open_admin, open_room
+from roomctl.options import Context, client_command, fail, run
+
+room_app = typer.Typer(
+    name="room", help="Create, list, show and delete rooms; set the topic and pins.",
+    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+RoomArg = Annotated[str, typer.Argument(metavar="NAME", help="The room's name.")]
+
+
+def chat_meta(info: RoomInfo) -> ChatRoomMeta | None:
+    """Return a chat room's typed metadata, or None for rooms of other apps."""
+    if info.app != "chat":
+        return None
+    try:
+        return msgspec.convert(info.meta or {}, ChatRoomMeta)
+    except msgspec.ValidationError:
+        return None
+
+
+def participant_meta(participant: Participant) -> ChatParticipantMeta:
+    """Return the chat view of a participant (empty for other apps)."""
+    try:
+        return msgspec.convert(participant.meta or {}, ChatParticipantMeta)
+    except msgspec.ValidationError:
+        return ChatParticipantMeta()
+
+
+def room_json(info: RoomInfo) -> dict[str, Any]:
+    """The stable JSON shape of a room: core fields, then the app's metadata under ``meta``."""
+    return {
+        "name": info.name, "app": info.app, "created_at": output.iso(info.created_at),
+        "participants": info.participants, "last_seq": info.last_seq,
+        "meta": msgspec.to_builtins(info.meta),
+    }
+
+
+def participant_json(participant: Participant) -> dict[str, Any]:
+    """The stable JSON shape of a participant (``roomctl who --json``)."""
+    meta = participant_meta(participant)
+    return {
+        "id": participant.id, "name": meta.name, "status": meta.status,
+        "status_text": meta.status_text, "live": participant.live,
+        "in_call": participant.in_call,
+        "media": msgspec.to_builtins(participant.media),
+        "messages_sent": meta.messages_sent, "joined_at": output.iso(participant.joined_at),
+    }
+
+
+def print_participants(participants: list[Participant]) -> None:
+    """Print the participant table of ``roomctl who`` and ``roomctl room show``."""
+    rows = []
+    for p in participants:
+        meta = participant_meta(p)
+        status = meta.status + (f" ({meta.status_text})" if meta.status_text else "")
+        media = "-" if not p.in_call else "/".join([
+            "mic " + ("off" if p.media.audio_muted else "on"),
+            "cam " + ("off" if p.media.video_muted else "on"),
+        ])
+        rows.append([p.id, meta.name, "live" if p.live else "reconnecting", status, media,
+                     str(meta.messages_sent), output.when(p.joined_at)])
+    output.table(["ID", "NAME", "STATE", "STATUS", "MEDIA", "SENT", "JOINED"], rows)
+
+
+def _print_room(details: RoomDetails) -> None:
+    info = details.room
+    meta = chat_meta(info)
+    lines = [("name", info.name), ("app", info.app), ("created", output.when(info.created_at)),
+             ("participants", str(info.participants)), ("last seq", str(info.last_seq))]
+    if meta is not None:
+        lines += [("topic", meta.topic or "-"),
+                  ("max participants", str(meta.max_participants or "unlimited")),
+                  ("pins", " ".join(map(str, meta.pins)) or "-")]
+    width = max(len(key) for key, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 1}} {value}")
+    if details.participants:
+        print()
+        print_participants(details.participants)
+
+
+@room_app.command("create")
+@client_command
+def create(
+    ctx: Context,
+    name: RoomArg,
+    topic: Annotated[str | None, typer.Option(help="The room's topic.")] = None,
+    max_participants: Annotated[
+        int | None, typer.Option(min=1, help="Refuse participants beyond this many.")] = None,
+    public: Annotated[bool, typer.Option("--public", help="List the room in the lobby.")] = False,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="An existing room is not an error.")] = False,
+) -> None:
+    """Create a room. Prints nothing (the room as JSON with --json)."""
+    meta: dict[str, Any] = {}
+    if topic is not None:
+        meta["topic"] = topic
+    if max_participants is not None:
+        meta["max_participants"] = max_participants
+    if public:
+        meta["public"] = True
+
+    async def main() -> RoomDetails:
+        async with open_admin(ctx.target) as session:
+            return await session.request(
+                CreateRoom(ref=session.next_ref(), room=name, meta=meta or None,
+                           if_missing=if_missing), RoomDetails)
+
+    details = run(main)
+    if ctx.json:
+        output.emit_json(room_json(details.room))
+
+
+@room_app.command("list")
+@client_command
+def list_rooms(ctx: Context) -> None:
+    """List the rooms: a table, or a JSON array with --json."""
+
+    async def main() -> RoomList:
+        async with open_admin(ctx.target) as session:
+            return await session.request(
+                ListRooms(ref=session.next_ref()), RoomList)
+
+    rooms = sorted(run(main).rooms, key=lambda r: r.name)
+    if ctx.json:
+        output.emit_json([room_json(r) for r in rooms])
+        return
+    rows = []
+    for info in rooms:
+        meta = chat_meta(info)
+        rows.append([info.name, info.app, str(info.participants), str(info.last_seq),
+                     output.when(info.created_at), (meta.topic if meta else "") or "-"])
+    output.table(["NAME", "APP", "PEOPLE", "LAST SEQ", "CREATED", "TOPIC"], rows)
+
+
+@room_app.command("show")
+@client_command
+def show(ctx: Context, name: RoomArg) -> None:
+    """Show one room and its participants."""
+
+    async def main() -> RoomDetails:
+        async with open_admin(ctx.target) as session:
+            return await session.request(
+                GetRoom(ref=session.next_ref(), room=name), RoomDetails)
+
+    details = run(main)
+    if ctx.json:
+        document = room_json(details.room)
+        document["members"] = [participant_json(p) for p in details.participants]
+        output.emit_json(document)
+    else:
+        _print_room(details)
+
+
+@room_app.command("delete")
+@client_command
+def delete(
+    ctx: Context,
+    name: RoomArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a room and its history; its participants are disconnected."""
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"not deleting {name!r} without --yes (stdin is not a terminal)",
+                 ExitCode.USAGE)
+        if not typer.confirm(f"Delete room {name!r} and all its messages?", err=True):
+            fail("not deleted", ExitCode.REFUSED)
+
+    async def main() -> None:
+        async with open_admin(ctx.target) as session:
+            await session.request(DeleteRoom(ref=session.next_ref(), room=name))
+
+    run(main)
+    if ctx.json:
+        output.emit_json({"deleted": name})
+
+
+async def _as_observer(ctx: Context, room: str, request: Any) -> None:
+    async with open_room(ctx.target, room, hidden=True) as session:
+        await session.request(msgspec.structs.replace(request, ref=session.next_ref()))
+
+
+@room_app.command("topic")
+@client_command
+def topic(
+    ctx: Context, name: RoomArg,
+    text: Annotated[str, typer.Argument(help="The new topic; \"\" clears it.")],
+) -> None:
+    """Set a chat room's topic."""
+    run(lambda: _as_observer(ctx, name, SetTopic(topic=text)))
+    if ctx.json:
+        output.emit_json({"room": name, "topic": text})
+
+
+SeqArg = Annotated[int, typer.Argument(min=1, metavar="SEQ", help="The message's sequence number.")]
+
+
+@room_app.command("pin")
+@client_command
+def pin(ctx: Context, name: RoomArg, seq: SeqArg) -> None:
+    """Pin a message of a chat room by its sequence number."""
+    run(lambda: _as_observer(ctx, name, Pin(seq=seq)))
+    if ctx.json:
+        output.emit_json({"room": name, "pinned": seq})
+
+
+@room_app.command("unpin")
+@client_command
+def unpin(ctx: Context, name: RoomArg, seq: SeqArg) -> None:
+    """Unpin a message of a chat room."""
+    run(lambda: _as_observer(ctx, name, Unpin(seq=seq)))
+    if ctx.json:
+        output.emit_json({"room": name, "unpinned": seq})
+
+
+@client_command
+def kick(
+    ctx: Context,
+    room: Annotated[str, typer.Argument(help="The room.")],
+    participant: Annotated[str, typer.Argument(help="A participant's id, or its unique name.")],
+) -> None:
+    """Remove a participant from a room at once (admin); its connection is closed."""
+
+    async def main() -> str:
+        async with open_admin(ctx.target) as session:
+            details: RoomDetails = await session.request(
+                GetRoom(ref=session.next_ref(), room=room), RoomDetails)
+            participant_id = _resolve(details.participants, participant)
+            await session.request(Kick(ref=session.next_ref(), room=room,
+                                       participant_id=participant_id))
+            return participant_id
+
+    kicked = run(main)
+    if ctx.json:
+        output.emit_json({"room": room, "kicked": kicked})
+
+
+def _resolve(participants: list[Participant], wanted: str) -> str:
+    """Return the id of the participant whose id, or else unique name, is ``wanted``."""
+    if any(p.id == wanted for p in participants):
+        return wanted
+    named = [p.id for p in participants if participant_meta(p).name == wanted]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise CliError(ExitCode.REFUSED,
+                       f"{len(named)} participants are named {wanted!r}; give an id: "
+                       + ", ".join(named))
+    raise CliError(ExitCode.NOT_FOUND, f"not-found: no participant {wanted!r} in the room")
