@@ -35,6 +35,13 @@ class App(Generic[RoomMetaT, SessionMetaT]):
     """The Struct type of the room metadata; stored as JSON, so fields only ever get added."""
     requests: ClassVar[tuple[type[Request], ...]] = ()
     events: ClassVar[tuple[type[Event], ...]] = ()
+    required_grants: ClassVar[dict[type[Request], str]] = {}
+    """The token grant each request needs (see ``daemon.auth``); unlisted ones need none
+    beyond being in the room."""
+
+    def grant_for(self, request_type: type[Request]) -> str | None:
+        """Return the grant a session needs to make a request of ``request_type``."""
+        return self.required_grants.get(request_type)
 
     def create_room(self, options: dict[str, Any] | None, *, creator: str | None) -> RoomMetaT:
         """Return the metadata of a new room from admin options (None when auto-created).

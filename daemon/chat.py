@@ -3,6 +3,10 @@
 Written only against the app API (``daemon.apps``), as any third-party app would be.
 Messages live in the room's log (one entry per message, body in MessagePack); topic,
 pins, creator and the participant limit are the room's metadata.
+
+A daemon may accept shorter message texts and display names than the protocol allows
+(``max_text``, ``max_name``); longer ones get ``too-large`` and change nothing. (Beyond
+the protocol's own bounds the decoder answers ``bad-request`` before the app sees them.)
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import msgspec
 
 from daemon.apps import App, Context
+from daemon.config import MAX_NAME, MAX_TEXT
 from daemon.records import LogEntry
 from protocol import ErrorCode, ProtocolError, Request
 from protocol.chat import (
@@ -34,6 +39,7 @@ from protocol.chat import (
     TopicChanged,
     Unpin,
 )
+from protocol.limits import MAX_FRAME_BYTES
 from protocol.messages import Hello
 
 DEFAULT_NAME = "guest"
@@ -49,6 +55,16 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
     room_meta_type = ChatRoomMeta
     requests = CHAT_REQUESTS
     events = CHAT_EVENTS
+    # Writing to the room's history and its shared state needs the post grant.
+    required_grants = {SendMessage: "post", SetTopic: "post", Pin: "post", Unpin: "post"}
+
+    def __init__(self, *, max_text: int = MAX_TEXT, max_name: int = MAX_NAME) -> None:
+        if not 1 <= max_text <= MAX_TEXT:
+            raise ValueError(f"max_text must be 1 to {MAX_TEXT}")
+        if not 1 <= max_name <= MAX_NAME:
+            raise ValueError(f"max_name must be 1 to {MAX_NAME}")
+        self.max_text = max_text
+        self.max_name = max_name
 
     def create_room(self, options: dict[str, Any] | None, *, creator: str | None) -> ChatRoomMeta:
         meta = super().create_room(options, creator=creator)
@@ -60,14 +76,29 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
         limit = ctx.room_meta.max_participants
         if limit is not None and not hello.hidden and ctx.visible_count() >= limit:
             raise ProtocolError(ErrorCode.ROOM_FULL, f"the room is full ({limit} participants)")
+        if hello.name is not None:
+            self._check_name(hello.name)
         return ChatParticipantMeta(name=hello.name or DEFAULT_NAME)
 
     def handle(self, ctx: Context, request: Request) -> None:
+        if isinstance(request, SendMessage) and len(request.text) > self.max_text:
+            raise ProtocolError(ErrorCode.TOO_LARGE,
+                                f"the message is {len(request.text)} characters; this daemon "
+                                f"accepts at most {self.max_text}")
+        if isinstance(request, SetName):
+            self._check_name(request.name)
         handler = _HANDLERS.get(type(request))
         if handler is None:
             super().handle(ctx, request)
         else:
             handler(ctx, request)
+
+    def _check_name(self, name: str) -> None:
+        """Raise ProtocolError ``too-large`` for a name over this daemon's limit."""
+        if len(name) > self.max_name:
+            raise ProtocolError(ErrorCode.TOO_LARGE,
+                                f"the name is {len(name)} characters; this daemon accepts at "
+                                f"most {self.max_name}")
 
 
 def _set_name(ctx: Context, request: Request) -> None:
@@ -122,9 +153,30 @@ def _get_messages(ctx: Context, request: Request) -> None:
             # far end: the newest when paging forward, the oldest when paging backward.
             entries = entries[:limit] if request.after is not None else entries[-limit:]
         messages = [_decode_message(e.body) for e in entries]
+        forward = request.after is not None
+        fitting = _fit_in_frame(messages if forward else messages[::-1])
+        if len(fitting) < len(messages):
+            has_more = True
+            messages = fitting if forward else fitting[::-1]
         after.reply(Messages(ref=after.ref, messages=messages, has_more=has_more))
 
     ctx.query(after=request.after, before=request.before, limit=limit + 1, respond=respond)
+
+
+# A page of history must fit in one frame, in either format (JSON is the larger): at most
+# this many bytes of messages, leaving room for the envelope. One message always fits.
+PAGE_BYTES = MAX_FRAME_BYTES - 4096
+_json_size = msgspec.json.Encoder()
+
+
+def _fit_in_frame(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Return the longest prefix of ``messages`` whose JSON fits in ``PAGE_BYTES``."""
+    total = 0
+    for count, message in enumerate(messages):
+        total += len(_json_size.encode(message)) + 1
+        if total > PAGE_BYTES and count > 0:
+            return messages[:count]
+    return messages
 
 
 def _set_topic(ctx: Context, request: Request) -> None:

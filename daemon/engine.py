@@ -18,6 +18,13 @@ leave/join churn, and its mesh edges (WebRTC peer connections) are kept. Hidden 
 
 Room behaviour beyond that belongs to the room's app (``daemon.apps``): its requests are
 dispatched to ``App.handle`` through a ``Context``.
+
+Access: the server checks a hello's token (``daemon.auth``) and passes the ``Access`` it
+proves; the engine decides with it. An open room admits anyone (with ``OPEN_ROOM_GRANTS``);
+a private room, or every room under ``require_tokens``, needs the admin token or a join
+token for that room with the ``join`` grant. A session keeps its grants: each request
+needs one (``media`` for the call, the app's choice for its own requests, ``post`` for
+the chat app's writes), or it is answered ``forbidden``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from daemon.apps import App, Context
+from daemon.auth import ADMIN, ALL_GRANTS, ANONYMOUS, Access
 from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Send, StartTimer, TimerKey
 from daemon.records import DeleteRoom as DeleteRoomRecord
 from daemon.records import PutRoom, StoredRoom
@@ -72,6 +82,8 @@ class Session:
     conn: ConnId | None = None
     in_call: bool = False
     media: MediaState = field(default_factory=MediaState)
+    grants: frozenset[str] = ALL_GRANTS
+    identity: str | None = None  # the join token's subject
     # Mesh edges: the ids this session has (or is setting up) a peer connection with.
     peers: set[str] = field(default_factory=set)
     # Edges dropped while this session was away: it is told to remove them on resume.
@@ -88,6 +100,7 @@ class Room:
     app: App[Any, Any]
     created_at: float
     meta: Any
+    private: bool = False  # joining needs a token
     last_seq: int = 0  # highest committed log sequence number
     next_seq: int = 0  # highest allocated one (>= last_seq; allocated before commit)
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -121,6 +134,9 @@ class Engine:
         server: str = "roomctl",
         new_id: Callable[[], str] | None = None,
         new_token: Callable[[], str] | None = None,
+        require_tokens: bool = False,
+        max_rooms: int | None = None,
+        max_participants: int | None = None,
     ) -> None:
         if not apps:
             raise ValueError("the engine needs at least one app")
@@ -132,6 +148,9 @@ class Engine:
         self.default_app = self.apps[default_app or apps[0].name]
         self.grace = grace
         self.auto_create = auto_create
+        self.require_tokens = require_tokens  # every room is private
+        self.max_rooms = max_rooms
+        self.max_participants = max_participants  # per room, hidden observers not counted
         self.server = server
         self._new_id = new_id or (lambda: secrets.token_hex(6))
         self._new_token = new_token or (lambda: secrets.token_urlsafe(24))
@@ -157,6 +176,7 @@ class Engine:
                 app=app,
                 created_at=rec.created_at,
                 meta=app.decode_room_meta(rec.meta),
+                private=rec.private,
                 last_seq=rec.last_seq,
                 next_seq=rec.last_seq,
             )
@@ -172,6 +192,7 @@ class Engine:
             in_call=session.in_call,
             media=session.media,
             meta=session.room.app.participant_view(session.meta),
+            identity=session.identity,
         )
 
     def room_info(self, room: Room) -> RoomInfo:
@@ -182,6 +203,7 @@ class Engine:
             participants=room.visible_count(),
             last_seq=room.last_seq,
             meta=room.app.room_view(room.meta),
+            private=room.private or self.require_tokens,
         )
 
     def participants(self, room: Room) -> list[Participant]:
@@ -194,6 +216,7 @@ class Engine:
             app=room.app.name,
             created_at=room.created_at,
             meta=room.app.encode_room_meta(room.meta),
+            private=room.private,
         )
 
     def request_types(self) -> tuple[type[Request], ...]:
@@ -202,11 +225,13 @@ class Engine:
 
     # --- inputs --------------------------------------------------------------------------
 
-    def hello(self, conn: ConnId, room_name: str, hello: Hello, now: float) -> list[Effect]:
+    def hello(self, conn: ConnId, room_name: str, hello: Hello, now: float,
+              access: Access = ANONYMOUS) -> list[Effect]:
         """A connection to ``room_name`` said hello: welcome it, or answer with an error.
 
+        ``access`` is what the hello's token proved (``daemon.auth.Authority.check``).
         After an error the connection has no session and may try ``hello`` again, except
-        for an unknown room, which also closes it.
+        for an unknown room or a refused token, which also close it.
         """
         self.last_now = now
         if conn in self.conns:
@@ -219,6 +244,14 @@ class Engine:
                         f"protocol {PROTOCOL_VERSION}"))]
         effects: list[Effect] = []
         room = self.rooms.get(room_name)
+        if hello.resume is None:
+            try:
+                grants = self._grants(room_name, room, access, hello)
+            except ProtocolError as exc:
+                close = CloseCode.UNAUTHORIZED if exc.code == ErrorCode.UNAUTHORIZED \
+                    else CloseCode.FORBIDDEN
+                return [Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)),
+                        Close(conn, close, exc.message[:120])]
         if room is None:
             if (not self.auto_create or not hello.create or hello.resume is not None
                     or room_name in self.foreign_rooms):
@@ -227,23 +260,53 @@ class Engine:
                                         message=f"no room named {room_name!r}")),
                     Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room"),
                 ]
+            if self.max_rooms is not None and len(self.rooms) >= self.max_rooms:
+                return [Send((conn,), Error(
+                            ref=hello.ref, code=ErrorCode.LIMIT_REACHED,
+                            message=f"this daemon holds its maximum of {self.max_rooms} rooms")),
+                        Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room")]
             app = self.default_app
             try:
                 meta = app.create_room(None, creator=None if hello.hidden else hello.name)
             except ProtocolError as exc:
                 return [Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)),
                         Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room")]
-            room = Room(name=room_name, app=app, created_at=now, meta=meta)
+            room = Room(name=room_name, app=app, created_at=now, meta=meta,
+                        private=self.require_tokens)
             self.rooms[room_name] = room
             effects.append(Persist((self.room_record(room),)))
         try:
             if hello.resume is not None:
                 effects += self._resume(conn, room, hello, now)
             else:
-                effects += self._admit(conn, room, hello, now)
+                if access.name is not None:  # a token's display name wins over the hello's
+                    hello = msgspec.structs.replace(hello, name=access.name)
+                effects += self._admit(conn, room, hello, now, grants, access.identity)
         except ProtocolError as exc:
             effects.append(Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)))
         return effects
+
+    def _grants(self, room_name: str, room: Room | None, access: Access,
+                hello: Hello) -> frozenset[str]:
+        """Return the grants a new session gets, or raise unauthorized/forbidden."""
+        private = self.require_tokens or (room is not None and room.private)
+        if access.anonymous:
+            if private:
+                raise ProtocolError(ErrorCode.UNAUTHORIZED,
+                                    f"room {room_name!r} needs a join token")
+            grants = access.grants
+        elif access.is_admin:
+            grants = ALL_GRANTS
+        elif access.room != room_name:
+            raise ProtocolError(ErrorCode.FORBIDDEN,
+                                f"the token is for room {access.room!r}, not {room_name!r}")
+        else:
+            grants = access.grants
+        if "join" not in grants:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant join")
+        if hello.hidden and "hidden" not in grants:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant hidden")
+        return grants
 
     def request(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
         """A request arrived on a connection that has a session."""
@@ -254,6 +317,13 @@ class Engine:
                                         message="say hello first"))]
         ctx = Context(self, session.room, session, request.ref, now, conn=conn)
         try:
+            kind = type(request)
+            grant = _CORE_GRANTS[kind] if kind in _CORE_GRANTS else \
+                session.room.app.grant_for(kind)
+            if grant is not None and grant not in session.grants:
+                raise ProtocolError(ErrorCode.FORBIDDEN,
+                                    f"{type(request).__struct_config__.tag} needs the {grant} "
+                                    "grant, which this session's token lacks")
             handler = self._core_handlers.get(type(request))
             if handler is not None:
                 handler(self, ctx, request)
@@ -296,11 +366,18 @@ class Engine:
             return self._remove(session, reason="timeout", now=now)
         return []
 
-    def admin(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
-        """A request on the (already authenticated) admin endpoint."""
+    def admin(self, conn: ConnId, request: Request, now: float,
+              access: Access = ADMIN) -> list[Effect]:
+        """A request on the admin endpoint, from the admin token or a room's ``admin`` grant.
+
+        A join token with the ``admin`` grant manages only its room: it may list (its room
+        only), get, kick in and delete that room, and nothing else.
+        """
         self.last_now = now
         try:
-            return self._admin(conn, request, now)
+            if not access.is_admin:
+                request = self._scoped(request, access)
+            return self._admin(conn, request, now, access)
         except ProtocolError as exc:
             return [Send((conn,), Error(ref=request.ref, code=exc.code, message=exc.message))]
 
@@ -318,8 +395,14 @@ class Engine:
             server=self.server,
         )
 
-    def _admit(self, conn: ConnId, room: Room, hello: Hello, now: float) -> list[Effect]:
+    def _admit(self, conn: ConnId, room: Room, hello: Hello, now: float,
+               grants: frozenset[str] = ALL_GRANTS, identity: str | None = None
+               ) -> list[Effect]:
         ctx = Context(self, room, None, hello.ref, now, conn=conn)
+        if (self.max_participants is not None and not hello.hidden
+                and room.visible_count() >= self.max_participants):
+            raise ProtocolError(ErrorCode.ROOM_FULL,
+                                f"the room is full ({self.max_participants} participants)")
         meta = room.app.admit(ctx, hello)
         session_id = self._new_id()
         while session_id in self._sessions:
@@ -332,6 +415,8 @@ class Engine:
             joined_at=now,
             meta=meta,
             conn=conn,
+            grants=grants,
+            identity=identity,
         )
         room.sessions[session.id] = session
         self.conns[conn] = session
@@ -502,9 +587,26 @@ class Engine:
         return adm.RoomDetails(ref=ref, room=self.room_info(room),
                                participants=self.participants(room))
 
-    def _admin(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+    @staticmethod
+    def _scoped(request: Request, access: Access) -> Request:
+        if "admin" not in access.grants or access.room is None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant admin")
         if isinstance(request, adm.ListRooms):
-            rooms = [self.room_info(r) for _, r in sorted(self.rooms.items())]
+            return request
+        if isinstance(request, adm.GetRoom | adm.Kick | adm.DeleteRoom):
+            if request.room != access.room:
+                raise ProtocolError(ErrorCode.FORBIDDEN,
+                                    f"the token is for room {access.room!r}, "
+                                    f"not {request.room!r}")
+            return request
+        raise ProtocolError(ErrorCode.FORBIDDEN,
+                            f"{type(request).__struct_config__.tag} needs the admin token")
+
+    def _admin(self, conn: ConnId, request: Request, now: float,
+               access: Access = ADMIN) -> list[Effect]:
+        if isinstance(request, adm.ListRooms):
+            rooms = [self.room_info(r) for _, r in sorted(self.rooms.items())
+                     if access.is_admin or r.name == access.room]
             return [Send((conn,), adm.RoomList(ref=request.ref, rooms=rooms))]
         if isinstance(request, adm.GetRoom):
             return [Send((conn,), self._details(request.ref, self._room(request.room)))]
@@ -542,8 +644,12 @@ class Engine:
         app = self.apps.get(request.app)
         if app is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"no app named {request.app!r}")
+        if self.max_rooms is not None and len(self.rooms) >= self.max_rooms:
+            raise ProtocolError(ErrorCode.LIMIT_REACHED,
+                                f"this daemon holds its maximum of {self.max_rooms} rooms")
         room = Room(name=request.room, app=app, created_at=now,
-                    meta=app.create_room(request.meta, creator=None))
+                    meta=app.create_room(request.meta, creator=None),
+                    private=request.private or self.require_tokens)
         self.rooms[room.name] = room
         ctx = Context(self, room, None, request.ref, now, conn=conn)
 
@@ -571,3 +677,15 @@ class Engine:
         ctx = Context(self, room, None, request.ref, now, conn=conn)
         ctx.persist(DeleteRoomRecord(name=room.name), then=lambda c: c.ok())
         return effects + ctx.effects
+
+
+# The grant each core request needs (None: any session may make it).
+_CORE_GRANTS: dict[type[Request], str | None] = {
+    Join: "media",
+    Part: "media",
+    RelayIceCandidate: "media",
+    RelaySessionDescription: "media",
+    SetMediaState: "media",
+    GetParticipants: None,
+    Leave: None,
+}

@@ -6,6 +6,9 @@
 # the first parse of every request:
 #
 #   serve_tcp -> handle_connection(stream)
+#                  [with tls: the first bytes must start a TLS handshake (plain HTTP gets a
+#                   400 saying so); the stream is wrapped in trio.SSLStream and the
+#                   handshake runs within the same head_timeout budget as the head itself]
 #                  h11 parses the request head (bounded size, bounded time)
 #                  |- plain request: read the (bounded) body, call on_http, write an HTTP/1.1
 #                  |  response, loop for keep-alive
@@ -26,6 +29,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -48,6 +52,8 @@ __all__ = [
     "HttpResponse",
     "WebSocketHandler",
     "handle_connection",
+    "peer_of",
+    "refuse_connection",
     "serve_tcp",
 ]
 
@@ -65,6 +71,7 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Framing is ours to decide; a handler setting these could desynchronise the connection.
 _RESERVED_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 _NO_PEER: Final = ("", 0)
+_TLS_HANDSHAKE_RECORD: Final = 0x16  # the first byte of every TLS ClientHello
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,8 @@ def _fd_of(stream: trio.abc.Stream) -> int | None:
     return None
 
 
-def _peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
+def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
+    """Return the remote (address, port) of a TCP stream, or ("", 0) when unknown."""
     # trio-websocket only knows bare SocketStream/SSLStream; anything else (or a socket
     # that is already disconnected) yields the "unknown" marker instead of an error.
     sock = getattr(stream, "socket", None)
@@ -307,6 +315,7 @@ class _Connection:
         on_websocket: WebSocketHandler,
         limits: FrontLimits,
         peer: tuple[str, int],
+        started: float,
     ) -> None:
         self._stream = stream
         self._on_http = on_http
@@ -314,7 +323,7 @@ class _Connection:
         self._limits = limits
         self._peer = peer
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
-        self._started = trio.current_time()
+        self._started = started  # accept time: the TLS handshake shares the head's budget
         self._head_only = False
 
     async def run(self) -> None:
@@ -474,22 +483,7 @@ class _Connection:
         await self._linger()
 
     async def _linger(self) -> None:
-        # Closing a socket that still has unread input makes the kernel send RST, which can
-        # destroy the error response before the client reads it. Half-close, then drain
-        # for a bounded time so the client sees our answer and then EOF.
-        stream = self._stream
-        try:
-            if isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()
-            drained = 0
-            with trio.move_on_after(_LINGER_SECONDS):
-                while drained < _LINGER_BYTES:
-                    data = await stream.receive_some(_RECEIVE_CHUNK)
-                    if not data:
-                        return
-                    drained += len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        await _linger(self._stream)
 
     async def _serve_websocket(self, event: h11.Request) -> None:
         # An upgrade request has no body, so h11 yields EndOfMessage without any I/O;
@@ -580,6 +574,81 @@ class _Connection:
                 pass
 
 
+async def _linger(stream: trio.abc.Stream) -> None:
+    # Closing a socket that still has unread input makes the kernel send RST, which can
+    # destroy the error response before the client reads it. Half-close, then drain
+    # for a bounded time so the client sees our answer and then EOF.
+    try:
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        drained = 0
+        with trio.move_on_after(_LINGER_SECONDS):
+            while drained < _LINGER_BYTES:
+                data = await stream.receive_some(_RECEIVE_CHUNK)
+                if not data:
+                    return
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def _canned_response(status: int, reason: str) -> bytes:
+    body = _error_body(reason) + b"\n"
+    return (b"HTTP/1.1 %d %s\r\nServer: roomctl\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, _reason(status), len(body), body))
+
+
+async def _start_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext, deadline: float, peer: tuple[str, int]
+) -> trio.abc.Stream | None:
+    """Return the stream wrapped in TLS once the handshake is done; None if it failed.
+
+    Plain HTTP on the TLS port gets a 400 saying so, instead of the TLS alert a browser
+    or curl would show as gibberish.
+    """
+    with trio.move_on_at(deadline):
+        first = await stream.receive_some(_RECEIVE_CHUNK)
+        if not first:
+            return None
+        if first[0] != _TLS_HANDSHAKE_RECORD:
+            logger.debug("plain text on the TLS port from %s", peer)
+            if first[:1].isalpha():
+                await stream.send_all(_canned_response(
+                    400, "this port speaks TLS: use https:// or wss://"))
+                await _linger(stream)
+            return None
+        secured = trio.SSLStream(_PrefixedStream(stream, bytes(first)), context,
+                                 server_side=True, https_compatible=True)
+        try:
+            await secured.do_handshake()
+        except trio.BrokenResourceError as exc:
+            logger.debug("TLS handshake with %s failed: %s", peer, exc.__cause__ or exc)
+            return None
+        return secured
+    logger.debug("TLS handshake with %s timed out", peer)
+    return None
+
+
+async def refuse_connection(stream: trio.abc.Stream, status: int, reason: str, *,
+                            tls: bool = False) -> None:
+    """Close a connection we will not serve, at once; plain HTTP first gets ``status``.
+
+    No request is read and no TLS handshake is made (either would be work for a client
+    we are refusing): the response is written if the socket takes it immediately, and a
+    client that has already sent its request may see a reset instead.
+    """
+    try:
+        if not tls:
+            with trio.move_on_after(_CLOSE_TIMEOUT):
+                await stream.send_all(_canned_response(status, reason))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            await stream.aclose()
+
+
 async def handle_connection(
     stream: trio.abc.Stream,
     *,
@@ -587,6 +656,7 @@ async def handle_connection(
     on_websocket: WebSocketHandler,
     limits: FrontLimits = DEFAULT_LIMITS,
     peer: tuple[str, int] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve one client connection until it closes.
 
@@ -594,16 +664,23 @@ async def handle_connection(
     ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` is handed to
     trio-websocket, and ``on_websocket(ws_request, http_request)`` must then call
     ``accept()`` or ``reject()`` on ``ws_request`` itself. ``peer`` overrides the remote
-    address read from the stream's socket.
+    address read from the stream's socket. With ``tls`` the stream is served over TLS
+    (https and wss); its handshake must finish within ``limits.head_timeout`` of the call,
+    together with the first request head.
 
     Protocol errors become 400/408/413/431 responses, handler exceptions become a 500 or
     a WebSocket close with code 1011, and both end only this connection: nothing but
     cancellation propagates out. The stream is always closed on return.
     """
-    connection = _Connection(
-        stream, on_http, on_websocket, limits, _peer_of(stream) if peer is None else peer
-    )
+    started = trio.current_time()
+    peer = peer_of(stream) if peer is None else peer
+    connection = _Connection(stream, on_http, on_websocket, limits, peer, started)
     try:
+        if tls is not None:
+            secured = await _start_tls(stream, tls, started + limits.head_timeout, peer)
+            if secured is None:
+                return
+            stream = connection._stream = secured
         await connection.run()
     except* (trio.BrokenResourceError, trio.ClosedResourceError, _Hangup):
         logger.debug("connection from %s dropped", connection._peer)

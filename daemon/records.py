@@ -16,6 +16,7 @@ class PutRoom(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     created_at: float
     meta: bytes
+    private: bool = False
 
 
 class DeleteRoom(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +45,7 @@ class StoredRoom(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     meta: bytes
     last_seq: int
+    private: bool = False
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,13 +27,25 @@ Queues, and what happens when each is full:
 * the store writer's queue (4096 jobs): the connection submitting waits, so a flood of
   writes slows its sender, not the room's readers;
 * timers: one per disconnected session, so bounded by the sessions.
+
+Limits on what one client may cost (each a ``Config`` field and a ``roomctl serve`` option):
+connections per client address (counted in ``_serve``'s ``on_tcp``: one more gets a 429
+and is closed before anything is read); the TLS handshake and request head within
+``head_timeout`` (``daemon.front``); an allowed ``Origin`` for browsers (``on_websocket``,
+before accept); a valid hello within ``handshake_timeout``; requests per second per
+connection after the hello (``daemon.ratelimit``: ``rate-limited``, then 1008); frame
+size (1009); and a pong to each keepalive ping (one sweeper task, ``Daemon.keepalive``;
+1011 when none comes).
 """
 
 from __future__ import annotations
 
-import hmac
+import collections
+import functools
 import logging
+import math
 import re
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,12 +56,24 @@ import msgspec
 import trio
 import trio_websocket
 
-from daemon import wire
+from daemon import web, wire
 from daemon.apps import App
-from daemon.config import ADMIN_TOKEN_FILE, Config, ensure_admin_token, lock_data_dir
+from daemon.auth import Access, Authority, ensure_join_secret
+from daemon.config import ADMIN_TOKEN_FILE, AdminTokenFile, Config, lock_data_dir
 from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Query, Send, StartTimer
 from daemon.engine import Engine
-from daemon.front import FrontLimits, HttpRequest, HttpResponse, handle_connection, serve_tcp
+from daemon.front import (
+    FrontLimits,
+    HttpRequest,
+    HttpResponse,
+    handle_connection,
+    peer_of,
+    refuse_connection,
+    serve_tcp,
+)
+from daemon.keepalive import Pings
+from daemon.origins import origin_allowed
+from daemon.ratelimit import RateLimit, RequestLimiter, Verdict
 from daemon.store import Store, StoreWriter
 from protocol import (
     CORE_REQUESTS,
@@ -88,6 +112,8 @@ class Connection:
     is_admin: bool = False
     detached: bool = False  # the engine was told the connection is gone
     on_close: Callable[[Connection], None] | None = None
+    limiter: RequestLimiter | None = None  # None: not rate limited (or not yet welcomed)
+    pings: Pings | None = None  # the keepalive sweeper's state, from its first visit
 
     def enqueue(self, payload: bytes) -> None:
         """Write one framed message; too much unwritten output closes it as a slow consumer."""
@@ -121,13 +147,17 @@ class Daemon:
     """The running server: engine, store writer, connections and timers."""
 
     def __init__(self, config: Config, apps: Sequence[App[Any, Any]], nursery: trio.Nursery,
-                 writer: StoreWriter, admin_token: str) -> None:
+                 writer: StoreWriter, admin_token: AdminTokenFile) -> None:
         self.config = config
         self.nursery = nursery
         self.writer = writer
-        self.admin_token = admin_token
+        self._admin_token = admin_token
         self.engine = Engine(apps, grace=config.grace, auto_create=config.auto_create,
-                             server=f"roomctl/{VERSION}")
+                             server=f"roomctl/{VERSION}", require_tokens=config.require_tokens,
+                             max_rooms=config.max_rooms,
+                             max_participants=config.max_participants)
+        self.authority = Authority(ensure_join_secret(config.data_dir),
+                                   admin_token=lambda: self.admin_token)
         room_types: tuple[type[Request], ...] = (*CORE_REQUESTS, *self.engine.request_types())
         admin_types: tuple[type[Request], ...] = (Hello, *adm.ADMIN_REQUESTS)
         self.room_codecs = {f: Codec(f, room_types, max_frame_bytes=config.max_frame_bytes)
@@ -146,6 +176,11 @@ class Daemon:
         self.started_at = self.now()
         self.counters = {"connections_total": 0, "frames_in": 0, "frames_out": 0,
                          "bad_frames": 0, "slow_consumers": 0}
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token as its file holds it now (it can be rotated while we run)."""
+        return self._admin_token.current()
 
     def now(self) -> float:
         """Wall-clock seconds, advancing with trio's clock (so autojump tests see time pass)."""
@@ -248,6 +283,11 @@ class Daemon:
     # --- HTTP ------------------------------------------------------------------------------
 
     async def on_http(self, request: HttpRequest) -> HttpResponse:
+        page = web.respond(
+            request, lambda: [self.engine.room_info(room) for room in self.engine.rooms.values()]
+        )
+        if page is not None:
+            return page
         if request.method not in ("GET", "HEAD"):
             return _json(405, {"error": "method not allowed"})
         if request.path == "/healthz":
@@ -280,6 +320,14 @@ class Daemon:
         is_admin = request.path == ADMIN_PATH
         if match is None and not is_admin:
             await ws_request.reject(404, body=b'{"error":"not found"}')
+            return
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, request.headers.get("host"),
+                                                     self.config.allowed_origins):
+            # Before accept: a page from another site must not get a session at all.
+            self.counters["origins_refused"] += 1
+            log.info("refused a WebSocket from origin %r (peer %s)", origin[:100], request.peer)
+            await ws_request.reject(403, body=b'{"error":"origin not allowed"}')
             return
         offered = list(ws_request.proposed_subprotocols)
         fmt = negotiate(offered)
@@ -370,11 +418,17 @@ class Daemon:
             hello = await self._hello(conn, codec, deadline)
             if hello is None:
                 return
-            await self.apply(self.engine.hello(conn.id, room, hello, self.now()))
+            access = self._access(conn, hello)
+            if access is None:
+                return
+            await self.apply(self.engine.hello(conn.id, room, hello, self.now(), access))
             if conn.close_code is not None:
                 return
+        conn.limiter = self._limiter(access)
         while True:
             frame = await self._receive(conn, codec)
+            if conn.limiter is not None and not self._within_rate(conn, conn.limiter, frame):
+                continue
             await self.apply(self.engine.request(conn.id, frame, self.now()))
 
     async def _serve_admin(self, conn: Connection) -> None:
@@ -383,21 +437,107 @@ class Daemon:
         hello = await self._hello(conn, codec, deadline)
         if hello is None:
             return
-        if hello.token is None or not _same(hello.token, self.admin_token):
-            self.apply_now([Send((conn.id,), Error(ref=hello.ref, code=ErrorCode.UNAUTHORIZED,
-                                                   message="a valid admin token is required"))])
-            conn.close(CloseCode.UNAUTHORIZED, "admin token required")
+        access = self._access(conn, hello)
+        if access is None:
+            return
+        if access.anonymous or not (access.is_admin or "admin" in access.grants):
+            unauthorized = access.anonymous
+            self.apply_now([Send((conn.id,), Error(
+                ref=hello.ref, code=ErrorCode.UNAUTHORIZED if unauthorized else ErrorCode.FORBIDDEN,
+                message="the admin token (or a join token with the admin grant) is required"))])
+            conn.close(CloseCode.UNAUTHORIZED if unauthorized else CloseCode.FORBIDDEN,
+                       "admin token required")
             return
         self.apply_now([Send((conn.id,), Welcome(ref=hello.ref, session_id=f"admin-{conn.id}",
                                                  grace=self.config.grace,
                                                  server=f"roomctl/{VERSION}"))])
+        conn.limiter = self._limiter(access)
         while True:
             frame = await self._receive(conn, codec)
+            if conn.limiter is not None and not self._within_rate(conn, conn.limiter, frame):
+                continue
             if isinstance(frame, Hello):
                 self._reject(conn, frame.ref, ProtocolError(ErrorCode.CONFLICT,
                                                             "this connection already said hello"))
                 continue
-            await self.apply(self.engine.admin(conn.id, frame, self.now()))
+            await self.apply(self._admin_request(conn, frame, access))
+
+    def _access(self, conn: Connection, hello: Hello) -> Access | None:
+        """Return what the hello's token proves; None after refusing a bad token (4001)."""
+        try:
+            return self.authority.check(hello.token)
+        except ProtocolError as exc:
+            self.counters["refused_tokens"] = self.counters.get("refused_tokens", 0) + 1
+            self.apply_now([Send((conn.id,), Error(ref=hello.ref, code=exc.code,
+                                                   message=exc.message))])
+            conn.close(CloseCode.UNAUTHORIZED, exc.message[:120])
+            return None
+
+    def _admin_request(self, conn: Connection, frame: Request, access: Access) -> list[Effect]:
+        if not isinstance(frame, adm.CreateToken):
+            return self.engine.admin(conn.id, frame, self.now(), access)
+        if not access.is_admin:
+            return [Send((conn.id,), Error(ref=frame.ref, code=ErrorCode.FORBIDDEN,
+                                           message="create-token needs the admin token"))]
+        token, expires_at = self.authority.issue(room=frame.room, identity=frame.identity,
+                                                 name=frame.name, grants=list(frame.grants),
+                                                 ttl=frame.ttl, now=self.now())
+        return [Send((conn.id,), adm.TokenIssued(
+            ref=frame.ref, token=token, room=frame.room, identity=frame.identity,
+            grants=sorted(set(frame.grants)), expires_at=expires_at))]
+
+    # --- limits ----------------------------------------------------------------------------
+
+    @functools.cached_property
+    def rate_limit(self) -> RateLimit:
+        """The per-connection request limit the config asks for."""
+        config = self.config
+        return RateLimit(rate=config.rate_limit, burst=config.rate_burst,
+                         max_refused=config.max_rate_limited)
+
+    def _limiter(self, access: Access | None) -> RequestLimiter | None:
+        """Return a welcomed connection's rate limiter; None when it is not limited."""
+        limit = self.rate_limit
+        if not limit.enabled or (access is not None and access.is_admin):
+            return None
+        return RequestLimiter(limit, trio.current_time())
+
+    def _within_rate(self, conn: Connection, limiter: RequestLimiter, frame: Request) -> bool:
+        """Return whether ``frame`` may run; otherwise answer it, or close a persistent abuser."""
+        verdict = limiter.check(trio.current_time())
+        if verdict is Verdict.ALLOW:
+            return True
+        self.counters["rate_limited"] += 1
+        limit = self.rate_limit
+        self.apply_now([Send((conn.id,), Error(
+            ref=frame.ref, code=ErrorCode.RATE_LIMITED,
+            message=f"over {limit.rate:g} requests per second (bursts of {limit.burst}); "
+                    f"retry in {math.ceil(limiter.retry_after() * 100) / 100:.2f} s"))])
+        if verdict is Verdict.CLOSE:
+            self.counters["rate_limit_closes"] += 1
+            conn.close(CloseCode.POLICY_VIOLATION, "too many requests")
+        return False
+
+    async def keepalive(self) -> None:
+        """Ping every WebSocket each ping_interval; close those that stop answering (1011).
+
+        One task for all connections, waking a few times per interval; runs until cancelled.
+        """
+        interval, timeout = self.config.ping_interval, self.config.ping_timeout
+        period = max(0.02, min(interval, timeout) / 4)
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for conn in list(self.connections.values()):
+                if conn.close_code is not None or conn.ws.closed is not None:
+                    continue
+                if conn.pings is None:
+                    conn.pings = Pings(now, interval)
+                elif not conn.pings.step(conn.ws, conn.out, now, interval=interval,
+                                         timeout=timeout):
+                    self.counters["ping_timeouts"] += 1
+                    conn.close(CloseCode.INTERNAL_ERROR,
+                               f"keepalive ping timeout: no pong in {timeout:g} s", flush=False)
 
     # --- shutdown --------------------------------------------------------------------------
 
@@ -409,11 +549,6 @@ class Daemon:
             while self.connections:
                 self.connection_closed = trio.Event()
                 await self.connection_closed.wait()
-
-
-def _same(given: str, expected: str) -> bool:
-    """Compare tokens in constant time."""
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 _json_encode = msgspec.json.Encoder().encode
@@ -433,19 +568,28 @@ async def serve(
 
     Use it as ``host, port = await nursery.start(daemon.serve, config, [apps...])`` (trio's
     ``Nursery.start`` takes no keyword arguments for the task, so ``apps`` is positional).
-    Without ``apps`` the built-in chat app is installed. On cancellation it stops
-    accepting, closes every client with 1001, and flushes the store before returning.
-    Raises OSError when the address cannot be bound or the data directory is unusable.
+    Without ``apps`` the built-in chat app is installed, with the config's text and name
+    limits. On cancellation it stops accepting, closes every client with 1001, and flushes
+    the store before returning. Raises OSError when the address cannot be bound, the data
+    directory is unusable, or the TLS certificate or key cannot be used
+    (``daemon.tls.TlsSetupError``, whose message is one line).
     """
     if apps is None:
         from daemon.chat import ChatApp
 
-        apps = [ChatApp()]
-    admin_token = ensure_admin_token(config.data_dir)
+        apps = [ChatApp(max_text=config.max_text, max_name=config.max_name)]
+    tls: ssl.SSLContext | None = None
+    if config.tls_cert is not None or config.tls_key is not None:
+        if config.tls_cert is None or config.tls_key is None:
+            raise ValueError("TLS needs both a certificate and a key")
+        from daemon.tls import server_context
+
+        tls = server_context(config.tls_cert, config.tls_key)
+    admin_token = AdminTokenFile(config.data_dir)
     lock = None if config.memory else lock_data_dir(config.data_dir)
     try:
         store = await trio.to_thread.run_sync(Store.open, config.db_path)
-        await _serve(config, apps, store, admin_token, task_status=task_status)
+        await _serve(config, apps, store, admin_token, tls, task_status=task_status)
     finally:
         if lock is not None:
             lock.close()
@@ -455,7 +599,8 @@ async def _serve(
     config: Config,
     apps: Sequence[App[Any, Any]],
     store: Store,
-    admin_token: str,
+    admin_token: AdminTokenFile,
+    tls: ssl.SSLContext | None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]],
 ) -> None:
@@ -483,18 +628,41 @@ async def _serve(
         await nursery.start(run_writer)
         handlers: trio.Nursery = await nursery.start(run_handlers)
         daemon = Daemon(config, apps, handlers, writer, admin_token)
+        daemon.counters.update(rate_limited=0, rate_limit_closes=0, ping_timeouts=0,
+                               origins_refused=0, connections_refused_per_address=0)
         try:
             daemon.engine.restore(await writer.load_rooms())
             limits = FrontLimits(max_head_bytes=config.max_head_bytes,
                                  head_timeout=config.head_timeout,
                                  max_message_size=config.max_frame_bytes)
+            # Connections open per client address, counted from accept to close, so a
+            # flood from one address is turned away before it costs a parse or a handshake.
+            per_address: collections.Counter[str] = collections.Counter()
+            max_per_address = config.max_connections_per_address
 
             async def on_tcp(stream: trio.SocketStream) -> None:
-                await handle_connection(stream, on_http=daemon.on_http,
-                                        on_websocket=daemon.on_websocket, limits=limits)
+                peer = peer_of(stream)
+                address = peer[0]
+                if max_per_address and per_address[address] >= max_per_address:
+                    daemon.counters["connections_refused_per_address"] += 1
+                    await refuse_connection(stream, 429, "too many connections from your address",
+                                            tls=tls is not None)
+                    return
+                per_address[address] += 1
+                try:
+                    await handle_connection(stream, on_http=daemon.on_http,
+                                            on_websocket=daemon.on_websocket, limits=limits,
+                                            peer=peer, tls=tls)
+                finally:
+                    per_address[address] -= 1
+                    if not per_address[address]:
+                        del per_address[address]
 
+            if config.ping_interval > 0:
+                handlers.start_soon(daemon.keepalive)
             address = await nursery.start(serve_tcp, on_tcp, config.host, config.port, handlers)
-            log.info("listening on %s:%d; %s; admin token in %s", *address,
+            log.info("listening on %s:%d%s; %s; admin token in %s", *address,
+                     " (TLS)" if tls is not None else "",
                      "rooms in memory" if config.memory else f"rooms in {config.db_path}",
                      config.data_dir / ADMIN_TOKEN_FILE)
             task_status.started(address)
@@ -502,7 +670,7 @@ async def _serve(
         finally:
             with trio.CancelScope(shield=True):
                 await daemon.shutdown()
-                handler_scope.cancel()  # timers, queries, idle HTTP keep-alives
+                handler_scope.cancel()  # timers, queries, idle HTTP keep-alives, keepalive
                 with trio.move_on_after(config.shutdown_timeout):
                     await writer.aclose()
                 writer_scope.cancel()

@@ -60,7 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Long enough to ride out another process (e.g. a backup tool) holding the write lock
 # briefly. Short enough that a wedged database surfaces as an error, not a hang.
@@ -72,7 +72,8 @@ _SCHEMA = (
         name       TEXT PRIMARY KEY NOT NULL,
         app        TEXT NOT NULL,
         created_at REAL NOT NULL,
-        meta       BLOB NOT NULL
+        meta       BLOB NOT NULL,
+        private    INTEGER NOT NULL DEFAULT 0
     )
     """,
     # WITHOUT ROWID: the primary key is the only access path. Storing rows clustered
@@ -186,6 +187,9 @@ def _init_schema(conn: sqlite3.Connection) -> None:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version == 1:  # version 2 added rooms.private (join tokens)
+            conn.execute("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise StoreError(
                 f"database schema version {version} is not supported "
@@ -208,10 +212,10 @@ def _apply(cur: sqlite3.Cursor, write: Write) -> None:
         # A true upsert, not INSERT OR REPLACE. REPLACE deletes the old row first,
         # which would also fire any future ON DELETE cascade on the room's log.
         cur.execute(
-            "INSERT INTO rooms (name, app, created_at, meta) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET "
-            "app = excluded.app, created_at = excluded.created_at, meta = excluded.meta",
-            (write.name, write.app, write.created_at, write.meta),
+            "INSERT INTO rooms (name, app, created_at, meta, private) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET app = excluded.app, "
+            "created_at = excluded.created_at, meta = excluded.meta, private = excluded.private",
+            (write.name, write.app, write.created_at, write.meta, int(write.private)),
         )
     elif isinstance(write, DeleteRoom):
         cur.execute("DELETE FROM log WHERE room = ?", (write.name,))
@@ -317,14 +321,15 @@ class Store:
             try:
                 rows = self._reader.execute(
                     "SELECT r.name, r.app, r.created_at, r.meta, "
-                    "COALESCE((SELECT MAX(l.seq) FROM log AS l WHERE l.room = r.name), 0) "
-                    "FROM rooms AS r ORDER BY r.name"
+                    "COALESCE((SELECT MAX(l.seq) FROM log AS l WHERE l.room = r.name), 0), "
+                    "r.private FROM rooms AS r ORDER BY r.name"
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot load rooms: {exc}") from exc
         return [
-            StoredRoom(name=name, app=app, created_at=created_at, meta=meta, last_seq=last)
-            for name, app, created_at, meta, last in rows
+            StoredRoom(name=name, app=app, created_at=created_at, meta=meta, last_seq=last,
+                       private=bool(private))
+            for name, app, created_at, meta, last, private in rows
         ]
 
     def write(self, batch: Sequence[Write]) -> None:

@@ -3,9 +3,12 @@
 The connection opens with the same ``hello``, carrying the admin token.
 """
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from protocol.limits import AppName, RoomName, SessionId
+import msgspec
+from msgspec import Meta
+
+from protocol.limits import AppName, DisplayName, RoomName, SessionId, TokenTtl
 from protocol.messages import Participant, Reply, Request, RoomInfo
 
 
@@ -19,6 +22,7 @@ class CreateRoom(Request, tag="create-room", frozen=True, kw_only=True):
     app: AppName = "chat"
     meta: dict[str, Any] | None = None
     if_missing: bool = False
+    private: bool = False  # joining needs a join token (see create-token)
 
 
 class ListRooms(Request, tag="list-rooms", frozen=True, kw_only=True):
@@ -42,6 +46,34 @@ class Kick(Request, tag="kick", frozen=True, kw_only=True):
     participant_id: SessionId
 
 
+Grant = Literal["join", "post", "media", "hidden", "admin"]
+"""What a join token allows: ``join`` the room; ``post`` messages, the topic and pins;
+``media``: take part in the call; ``hidden``: observe without being listed; ``admin``:
+manage that one room on the admin endpoint (get-room, kick, delete-room)."""
+
+DEFAULT_GRANTS: tuple[Grant, ...] = ("join", "post", "media")
+
+
+class CreateToken(Request, tag="create-token", frozen=True, kw_only=True):
+    """Sign a join token for ``room``; answered by ``token``. Needs the admin token."""
+
+    room: RoomName
+    identity: Annotated[str, Meta(min_length=1, max_length=128)]
+    name: DisplayName | None = None
+    grants: list[Grant] = msgspec.field(default_factory=lambda: list(DEFAULT_GRANTS))
+    ttl: TokenTtl = 3600.0
+
+
+class TokenIssued(Reply, tag="token", frozen=True, kw_only=True):
+    """A signed join token (a JWT, HS256) and when it expires (Unix seconds)."""
+
+    token: str
+    room: RoomName
+    identity: str
+    grants: list[Grant]
+    expires_at: float
+
+
 class RoomDetails(Reply, tag="room", frozen=True, kw_only=True):
     room: RoomInfo
     participants: list[Participant] = []
@@ -51,5 +83,6 @@ class RoomList(Reply, tag="rooms", frozen=True, kw_only=True):
     rooms: list[RoomInfo] = []
 
 
-ADMIN_REQUESTS: tuple[type[Request], ...] = (CreateRoom, ListRooms, GetRoom, DeleteRoom, Kick)
-ADMIN_EVENTS: tuple[type[Reply], ...] = (RoomDetails, RoomList)
+ADMIN_REQUESTS: tuple[type[Request], ...] = (
+    CreateRoom, ListRooms, GetRoom, DeleteRoom, Kick, CreateToken)
+ADMIN_EVENTS: tuple[type[Reply], ...] = (RoomDetails, RoomList, TokenIssued)

@@ -125,6 +125,13 @@ class Codec:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid frame: {exc}") from None
         except msgspec.DecodeError as exc:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}") from None
+        # msgspec lets these through for a string that is not UTF-8 and for deep nesting.
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                "malformed frame: a string is not valid UTF-8") from None
+        except RecursionError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                "malformed frame: nested too deeply") from None
         return frame
 
     def ref_of(self, data: bytes | str) -> str | None:
@@ -133,6 +140,6 @@ class Codec:
             return None
         try:
             ref = self._ref_decoder.decode(data).ref
-        except (msgspec.DecodeError, TypeError):
+        except (msgspec.DecodeError, TypeError, UnicodeDecodeError, RecursionError):
             return None
         return ref if isinstance(ref, str) and len(ref) <= 64 else None

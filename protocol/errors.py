@@ -14,6 +14,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate-limited"
     TOO_LARGE = "too-large"
     CONFLICT = "conflict"
+    LIMIT_REACHED = "limit-reached"  # a daemon-wide limit, such as its number of rooms
     INTERNAL = "internal"
 
 
@@ -23,11 +24,11 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # the daemon is shutting down
     PROTOCOL_ERROR = 1002
-    POLICY_VIOLATION = 1008  # the peer kept sending bad frames
+    POLICY_VIOLATION = 1008  # the peer kept sending bad frames, or kept over the rate limit
     MESSAGE_TOO_BIG = 1009  # a frame over the size limit
-    INTERNAL_ERROR = 1011  # a bug in the daemon; only this connection is closed
-    UNAUTHORIZED = 4001  # the admin endpoint was used without a valid admin token
-    FORBIDDEN = 4003
+    INTERNAL_ERROR = 1011  # a bug (only this connection is closed), or no pong to a ping
+    UNAUTHORIZED = 4001  # no valid token: missing (where one is needed), forged or expired
+    FORBIDDEN = 4003  # a valid token that does not allow this (another room, no such grant)
     ROOM_NOT_FOUND = 4004  # unknown room and the daemon does not auto-create rooms
     HELLO_TIMEOUT = 4008  # no valid hello within the handshake time
     KICKED = 4009  # an administrator removed this participant

@@ -31,4 +31,5 @@ PageLimit = Annotated[int, Meta(ge=1, le=1000)]
 MaxParticipants = Annotated[int, Meta(ge=1, le=10_000)]
 Sdp = Annotated[str, Meta(max_length=48 * 1024)]
 CandidateLine = Annotated[str, Meta(max_length=1024)]
+TokenTtl = Annotated[float, Meta(gt=0, le=366 * 24 * 3600)]  # seconds a join token lives
 ShortText = Annotated[str, Meta(max_length=256)]

@@ -69,6 +69,7 @@ class Participant(msgspec.Struct, frozen=True, kw_only=True):
     in_call: bool = False  # has sent ``join`` (is a peer of the WebRTC mesh)
     media: MediaState = MediaState()
     meta: Any = None
+    identity: str | None = None  # the ``sub`` of the join token it came with, if any
 
 
 class RoomInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +81,7 @@ class RoomInfo(msgspec.Struct, frozen=True, kw_only=True):
     participants: int = 0
     last_seq: SeqCursor = 0
     meta: Any = None
+    private: bool = False  # joining needs a join token
 
 
 class SessionDescription(msgspec.Struct, frozen=True, kw_only=True):

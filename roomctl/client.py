@@ -32,12 +32,13 @@ import trio_websocket
 from protocol import CORE_EVENTS, Codec, WireFormat
 from protocol.admin import ADMIN_EVENTS
 from protocol.chat import CHAT_EVENTS
-from protocol.errors import CloseCode, ErrorCode
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
 
 log = logging.getLogger("roomctl.client")
 
 DEFAULT_URL = "http://127.0.0.1:8750"
+CLIENT_MAX_FRAME = 16 * 1024 * 1024
 ADMIN_TOKEN_FILE = "admin-token"  # the daemon's file in its data directory (daemon.config)
 
 
@@ -152,10 +153,20 @@ class Target:
             return None
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """Return the context to verify an https/wss daemon with; None for http/ws.
+
+        ``ca_file`` is trusted in addition to the system's CAs. Raises CliError (USAGE) for a
+        CA file that holds no PEM certificate.
+        """
         if not self.secure:
             return None
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None)
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file is not None else None)
+        except (ssl.SSLError, OSError) as exc:
+            reason = ("no PEM CA certificate in it" if isinstance(exc, ssl.SSLError)
+                      else exc.strerror or str(exc))
+            raise CliError(ExitCode.USAGE, f"--ca-file {self.ca_file}: {reason}") from None
         if self.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -186,7 +197,12 @@ ReplyT = TypeVar("ReplyT", bound=Reply)
 
 
 class Session:
-    """One open, welcomed connection; frames are decoded to protocol structs."""
+    """One open, welcomed connection; frames are decoded to protocol structs.
+
+    Not for concurrent readers: ``request`` and ``receive`` both read the connection, so
+    one task must do all the reading (``join`` keeps a single reader task and only sends
+    from others).
+    """
 
     _refs = itertools.count(1)
 
@@ -217,7 +233,7 @@ class Session:
                 raise closed(exc) from None
             try:
                 return self.codec.decode(data)
-            except Exception as exc:  # an event type this client does not know: skip it
+            except ProtocolError as exc:  # an event type this client does not know: skip it
                 log.debug("skipped a frame: %s", exc)
 
     async def receive(self) -> Any:
@@ -261,16 +277,21 @@ async def connect(target: Target, path: str, hello: Hello) -> AsyncIterator[Sess
     handshake takes longer than the target's timeout, and the daemon's refusal otherwise.
     """
     url = target.ws_url(path)
-    codec = Codec(WireFormat.JSON, _CLIENT_EVENTS)
+    # Frames from the daemon are trusted more than the reverse: accept up to 16 MiB.
+    codec = Codec(WireFormat.JSON, _CLIENT_EVENTS, max_frame_bytes=CLIENT_MAX_FRAME)
     # trio-websocket's own connect_timeout leaves its reader task waiting on a silent
     # server, so the handshake is bounded here; the deadline is lifted once connected.
     connecting = trio.CancelScope(deadline=trio.current_time() + target.timeout)
     try:
         with connecting:
+            context = target.ssl_context()
+            if context is not None:
+                await _check_tls(target, context)
             async with trio_websocket.open_websocket_url(
-                url, ssl_context=target.ssl_context(),
+                url, ssl_context=context,
                 subprotocols=[WireFormat.JSON.subprotocol],
                 connect_timeout=math.inf, disconnect_timeout=2,
+                max_message_size=CLIENT_MAX_FRAME,
             ) as ws:
                 connecting.deadline = math.inf
                 session = Session(ws, codec, target.timeout)
@@ -298,6 +319,25 @@ async def connect(target: Target, path: str, hello: Hello) -> AsyncIterator[Sess
     except OSError as exc:
         raise CliError(ExitCode.UNREACHABLE,
                        f"cannot reach {target.url}: {_describe(exc)}") from None
+
+
+async def _check_tls(target: Target, context: ssl.SSLContext) -> None:
+    """Make one TLS handshake with the daemon; raise CliError (UNREACHABLE) if it fails.
+
+    trio-websocket 0.12 waits forever when TLS fails under its opening handshake, so a
+    certificate that does not verify would otherwise look like a timeout.
+    """
+    parts = urlsplit(target.url)
+    stream = await trio.open_ssl_over_tcp_stream(
+        parts.hostname or "", parts.port or 443, ssl_context=context, https_compatible=True)
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        raise CliError(ExitCode.UNREACHABLE,
+                       f"cannot reach {target.url}: {_describe(exc)}") from None
+    finally:
+        with trio.move_on_after(2, shield=True):
+            await stream.aclose()
 
 
 def _single(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -335,7 +375,13 @@ def _describe(exc: BaseException) -> str:
         if id(current) in seen:
             continue
         seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return (f"TLS: the daemon's certificate is not trusted "
+                    f"({current.verify_message or current.reason}); give its CA with "
+                    f"--ca-file, or skip the check with --insecure")
         if isinstance(current, ssl.SSLError):
+            if current.reason == "WRONG_VERSION_NUMBER":
+                return "TLS: the daemon does not speak TLS on this port (use http:// or ws://)"
             return f"TLS: {current.reason or current}"
         if isinstance(current, OSError) and current.strerror:
             return current.strerror
@@ -363,8 +409,14 @@ async def open_room(target: Target, room: str, *, name: str | None = None,
     """
     hello = Hello(name=name, token=target.resolved_token(), hidden=hidden, resume=resume,
                   create=create)
-    async with connect(target, room_path(room), hello) as session:
-        yield session
+    try:
+        async with connect(target, room_path(room), hello) as session:
+            yield session
+    except CliError as exc:
+        if hidden and exc.code == "forbidden" and "hidden" in exc.message:
+            exc.message += " (this command observes the room unseen: give the token the " \
+                           "hidden grant)"
+        raise
 
 
 @asynccontextmanager

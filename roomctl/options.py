@@ -49,10 +49,13 @@ def _check_timeout(value: str) -> float:
 
 
 def parse_duration(text: str) -> float:
-    """Return seconds for ``30``, ``30s``, ``1.5m``, ``2h`` or ``500ms``; raise ValueError."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    """Return seconds for ``30``, ``30s``, ``1.5m``, ``2h``, ``7d`` or ``500ms``.
+
+    Raises ValueError for anything else, zero or negative.
+    """
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     text = text.strip().lower()
-    for suffix in ("ms", "s", "m", "h"):
+    for suffix in ("ms", "s", "m", "h", "d"):
         if text.endswith(suffix):
             number, factor = text[: -len(suffix)], units[suffix]
             break
@@ -61,7 +64,7 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * factor
     except ValueError:
-        raise ValueError(f"{text!r} is not a duration (like 30, 30s, 5m, 1h)") from None
+        raise ValueError(f"{text!r} is not a duration (like 30, 30s, 5m, 1h, 7d)") from None
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"{text!r} is not a positive duration")
     return seconds

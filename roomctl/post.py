@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
+import re
 import sys
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 import trio
@@ -27,9 +29,14 @@ from roomctl.client import CliError, ExitCode, Session, open_room, refused
 from roomctl.options import Context, client_command, fail, run
 
 MAX_TEXT = 4000  # protocol.limits.MessageText
-WINDOW = 256  # messages in flight before reading more input
+WINDOW = 256  # messages in flight before reading more input (with the admin token)
+# Without the admin token the daemon rate-limits requests; a refused message is sent again
+# after the wait the daemon names, and only one message is ever in flight, so that a
+# retried message can never land after the one behind it.
+LIMITED_WINDOW = 1
+_RETRY_IN = re.compile(r"retry in ([0-9.]+) s")
 RETRY_FOR = 60.0  # seconds --lines keeps retrying one outage before it gives up
-STDIN_BUFFER = 1024  # lines read ahead of the connection
+STDIN_BATCHES = 16  # reads of stdin (up to 64 KiB each) held ahead of the connection
 
 
 class _Outbox:
@@ -37,6 +44,9 @@ class _Outbox:
 
     def __init__(self, as_json: bool) -> None:
         self.unacked: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self.retry: list[tuple[int, float]] = []  # (key, seconds): refused as rate-limited
+        self.in_flight: set[int] = set()  # sent on the current connection, not answered
+        self.refusals: dict[int, int] = {}  # rate-limited answers per message
         self.as_json = as_json
         self.posted = 0
         self.first_error: CliError | None = None
@@ -46,8 +56,20 @@ class _Outbox:
         self.unacked[key] = text
 
     def settle(self, key: int, reply: Ok | Error) -> None:
-        if self.unacked.pop(key, None) is None:
+        if key not in self.unacked:
             return  # an answer to a message already settled on an earlier connection
+        self.in_flight.discard(key)
+        if isinstance(reply, Error) and reply.code == "rate-limited":
+            match = _RETRY_IN.search(reply.message)
+            hint = float(match.group(1)) if match else 1.0
+            # Wait at least what the daemon says, and longer each time the same message is
+            # refused again, so that a busy room never sees a burst of retries.
+            tries = self.refusals[key] = self.refusals.get(key, 0) + 1
+            self.retry.append((key, min(max(hint, 0.05) * 2 ** (tries - 1), 5.0)))
+            self._wake()
+            return
+        del self.unacked[key]
+        self.refusals.pop(key, None)
         if isinstance(reply, Error):
             error = refused(reply)
             print(f"roomctl: message {key}: {error.message}", file=sys.stderr)
@@ -56,12 +78,36 @@ class _Outbox:
             self.posted += 1
             if self.as_json:
                 output.emit_json({"seq": reply.seq})
+        self._wake()
+
+    def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def wait_below(self, count: int) -> None:
-        while len(self.unacked) >= count:
+    async def send(self, session: Session, key: int) -> None:
+        self.in_flight.add(key)
+        await session.send(SendMessage(ref=f"m{key}", text=self.unacked[key]))
+
+    def reconnected(self) -> None:
+        """A new connection: nothing is in flight on it; every unacknowledged goes again."""
+        self.in_flight.clear()
+        self.retry.clear()
+
+    async def wait_below(self, count: int, session: Session) -> None:
+        """Wait until fewer than ``count`` are in flight, resending rate-limited ones."""
+        while len(self.in_flight) >= count or self.retry:
+            if self.retry:
+                key, seconds = self.retry.pop(0)
+                await trio.sleep(seconds)
+                await self.send(session, key)
+                continue
             await self._changed.wait()
+
+    async def wait_all(self, session: Session) -> None:
+        """Wait until every message is settled (stored or refused for good)."""
+        await self.wait_below(1, session)
+        # Every unacknowledged message was sent on this connection: none is left over.
+        assert not self.unacked, self.unacked
 
 
 async def _answers(session: Session, outbox: _Outbox) -> None:
@@ -71,13 +117,17 @@ async def _answers(session: Session, outbox: _Outbox) -> None:
             outbox.settle(int(frame.ref[1:]), frame)
 
 
-async def _send(session: Session, key: int, text: str) -> None:
-    await session.send(SendMessage(ref=f"m{key}", text=text))
+def _window(ctx: Context) -> int:
+    """Messages in flight at once: many with the admin token (never rate-limited), else one."""
+    token = ctx.target.resolved_token()
+    is_jwt = token is not None and token.count(".") == 2
+    return WINDOW if token is not None and not is_jwt else LIMITED_WINDOW
 
 
-async def _post_all(ctx: Context, room: str, name: str, messages: AsyncIterator[str],
-                    *, retry: bool) -> _Outbox:
+async def _post_all(ctx: Context, room: str, name: str,
+                    batches: trio.MemoryReceiveChannel[list[str]], *, retry: bool) -> _Outbox:
     outbox = _Outbox(ctx.json)
+    window = _window(ctx)
     keys = itertools.count(1)
     exhausted = False
     outage_started: float | None = None
@@ -88,17 +138,23 @@ async def _post_all(ctx: Context, room: str, name: str, messages: AsyncIterator[
                     trio.open_nursery() as nursery:
                 outage_started, backoff = None, 0.1
                 nursery.start_soon(_answers, session, outbox)
-                for key, text in list(outbox.unacked.items()):
-                    await _send(session, key, text)
+                outbox.reconnected()
+                for key in list(outbox.unacked):
+                    await outbox.wait_below(window, session)
+                    await outbox.send(session, key)
                 if not exhausted:
-                    async for text in messages:
-                        await outbox.wait_below(WINDOW)
-                        key = next(keys)
-                        outbox.add(key, text)
-                        await _send(session, key, text)
+                    async for batch in batches:
+                        # All of a batch joins the outbox first: if the connection drops
+                        # halfway through sending it, the rest goes out after reconnecting.
+                        added = [next(keys) for _ in batch]
+                        for key, text in zip(added, batch, strict=True):
+                            outbox.add(key, text)
+                        for key in added:
+                            await outbox.wait_below(window, session)
+                            await outbox.send(session, key)
                     exhausted = True
-                with trio.fail_after(ctx.target.timeout):
-                    await outbox.wait_below(1)
+                with trio.fail_after(ctx.target.timeout + 10):
+                    await outbox.wait_all(session)
                 nursery.cancel_scope.cancel()
             return outbox
         except trio.TooSlowError:
@@ -120,40 +176,57 @@ async def _post_all(ctx: Context, room: str, name: str, messages: AsyncIterator[
             backoff = min(backoff * 2, 5.0)
 
 
-async def _one(text: str) -> AsyncIterator[str]:
-    yield text
+def _read_stdin(send: trio.MemorySendChannel[list[str]],
+                token: trio.lowlevel.TrioToken) -> None:
+    """Hand stdin's non-empty lines to trio as they arrive, then close ``send`` (a thread).
+
+    Reads whatever the pipe holds, up to 64 KiB at a time, and hands over the complete lines
+    of each read in one batch: one thread hop per read, not per line.
+    """
+    fd = sys.stdin.fileno()
+    numbers = itertools.count(1)
+    pending = b""
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            *complete, pending = (pending + chunk).split(b"\n") if chunk else [pending, b""]
+            batch = [line for raw in complete if (line := _usable(next(numbers), raw)) is not None]
+            if batch:
+                trio.from_thread.run(send.send, batch, trio_token=token)
+            if not chunk:
+                break
+    finally:
+        trio.from_thread.run_sync(send.close, trio_token=token)
 
 
-async def _stdin_lines() -> AsyncIterator[str]:
-    """Yield stdin's non-empty lines as they arrive (a thread reads, since stdin blocks)."""
-    send, receive = trio.open_memory_channel[str | None](STDIN_BUFFER)
+def _usable(number: int, raw: bytes) -> str | None:
+    """Return line ``number`` as text, or None for an empty one or one too long to post."""
+    line = raw.decode("utf-8", errors="replace").rstrip("\r")
+    if not line.strip():
+        return None
+    if len(line) > MAX_TEXT:
+        print(f"roomctl: line {number}: {len(line)} characters is over the "
+              f"{MAX_TEXT}-character limit; not posted", file=sys.stderr)
+        return None
+    return line
+
+
+async def _post_stdin_lines(ctx: Context, room: str, name: str) -> _Outbox:
+    send, receive = trio.open_memory_channel[list[str]](STDIN_BATCHES)
     token = trio.lowlevel.current_trio_token()
-
-    def read() -> None:
-        for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if not line.strip():
-                continue
-            if len(line) > MAX_TEXT:
-                print(f"roomctl: line {number}: {len(line)} characters is over the "
-                      f"{MAX_TEXT}-character limit; not posted", file=sys.stderr)
-                continue
-            trio.from_thread.run(send.send, line, trio_token=token)
-        trio.from_thread.run(send.send, None, trio_token=token)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_read_in_thread, read)
-        async with receive:
-            async for line in receive:
-                if line is None:
-                    break
-                yield line
+        nursery.start_soon(partial(trio.to_thread.run_sync, _read_stdin, send, token,
+                                   abandon_on_cancel=True))
+        outbox = await _post_all(ctx, room, name, receive, retry=True)
         nursery.cancel_scope.cancel()
+    return outbox
 
 
-async def _read_in_thread(read: object) -> None:
-    assert callable(read)
-    await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+async def _post_one(ctx: Context, room: str, name: str, text: str) -> _Outbox:
+    send, receive = trio.open_memory_channel[list[str]](1)
+    send.send_nowait([text])
+    send.close()
+    return await _post_all(ctx, room, name, receive, retry=False)
 
 
 @client_command
@@ -182,7 +255,7 @@ def post(
     if from_stdin and sys.stdin.isatty():
         fail("no message: give TEXT, or pipe it on stdin", ExitCode.USAGE)
     if lines:
-        outbox = run(lambda: _post_all(ctx, room, name, _stdin_lines(), retry=True))
+        outbox = run(lambda: _post_stdin_lines(ctx, room, name))
     else:
         message = sys.stdin.read().rstrip("\r\n") if from_stdin else " ".join(text or [])
         if not message.strip():
@@ -192,6 +265,6 @@ def post(
                  "(--lines posts line by line)", ExitCode.REFUSED)
         if len(message.encode()) > MAX_FRAME_BYTES - 256:
             fail("the message is too large for one frame", ExitCode.REFUSED)
-        outbox = run(lambda: _post_all(ctx, room, name, _one(message), retry=False))
+        outbox = run(lambda: _post_one(ctx, room, name, message))
     if outbox.first_error is not None:
         raise typer.Exit(int(outbox.first_error.exit_code))

@@ -50,6 +50,7 @@ def room_json(info: RoomInfo) -> dict[str, Any]:
     return {
         "name": info.name, "app": info.app, "created_at": output.iso(info.created_at),
         "participants": info.participants, "last_seq": info.last_seq,
+        "access": "private" if info.private else "open",
         "meta": msgspec.to_builtins(info.meta),
     }
 
@@ -61,7 +62,7 @@ def participant_json(participant: Participant) -> dict[str, Any]:
         "id": participant.id, "name": meta.name, "status": meta.status,
         "status_text": meta.status_text, "live": participant.live,
         "in_call": participant.in_call,
-        "media": msgspec.to_builtins(participant.media),
+        "media": msgspec.to_builtins(participant.media), "identity": participant.identity,
         "messages_sent": meta.messages_sent, "joined_at": output.iso(participant.joined_at),
     }
 
@@ -84,7 +85,9 @@ def print_participants(participants: list[Participant]) -> None:
 def _print_room(details: RoomDetails) -> None:
     info = details.room
     meta = chat_meta(info)
-    lines = [("name", info.name), ("app", info.app), ("created", output.when(info.created_at)),
+    lines = [("name", info.name), ("app", info.app),
+             ("access", "private (join token needed)" if info.private else "open"),
+             ("created", output.when(info.created_at)),
              ("participants", str(info.participants)), ("last seq", str(info.last_seq))]
     if meta is not None:
         lines += [("topic", meta.topic or "-"),
@@ -107,6 +110,8 @@ def create(
     max_participants: Annotated[
         int | None, typer.Option(min=1, help="Refuse participants beyond this many.")] = None,
     public: Annotated[bool, typer.Option("--public", help="List the room in the lobby.")] = False,
+    private: Annotated[bool, typer.Option(
+        "--private", help="Joining needs a join token (roomctl token create).")] = False,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="An existing room is not an error.")] = False,
 ) -> None:
@@ -123,7 +128,7 @@ def create(
         async with open_admin(ctx.target) as session:
             return await session.request(
                 CreateRoom(ref=session.next_ref(), room=name, meta=meta or None,
-                           if_missing=if_missing), RoomDetails)
+                           if_missing=if_missing, private=private), RoomDetails)
 
     details = run(main)
     if ctx.json:

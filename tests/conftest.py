@@ -198,6 +198,15 @@ class ServeProcess(_Address):
     host: str
     port: int
     data_dir: pathlib.Path
+    secure: bool = False  # it serves https and wss (--tls-cert/--tls-key)
+
+    @property
+    def url(self) -> str:
+        return f"{'wss' if self.secure else 'ws'}://{self.host}:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
 
 
 def start_serve(data_dir: pathlib.Path, *args: str, env: dict[str, str] | None = None,
@@ -217,12 +226,12 @@ def start_serve(data_dir: pathlib.Path, *args: str, env: dict[str, str] | None =
         proc.kill()
         raise AssertionError("roomctl serve printed nothing in time")
     line = proc.stdout.readline().strip()
-    if not line.startswith("listening on http://"):
+    scheme, _, hostport = line.removeprefix("listening on ").partition("://")
+    if not line.startswith("listening on ") or scheme not in ("http", "https"):
         proc.kill()
         raise AssertionError(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
-    hostport = line.removeprefix("listening on http://")
     host, _, port = hostport.rpartition(":")
-    return ServeProcess(proc, host.strip("[]"), int(port), data_dir)
+    return ServeProcess(proc, host.strip("[]"), int(port), data_dir, secure=scheme == "https")
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -500,3 +502,21 @@ async def test_every_url_scheme_reaches_the_daemon(daemon_process: ServeProcess)
 async def test_completion_script_is_available() -> None:
     result = await roomctl(None, "--show-completion", env={"SHELL": "/bin/bash"})
     assert result.rc == 0 and "roomctl" in result.out
+
+
+async def test_post_lines_without_the_admin_token_waits_out_the_rate_limit_in_order(
+        serve_process: Callable[..., ServeProcess]) -> None:
+    sp = serve_process("--log-level", "warning", "--rate-limit", "100", "--rate-burst", "10")
+    await roomctl(sp, "room", "create", "ops")
+    lines = [f"line {n}" for n in range(60)]
+    anonymous = {"ROOMCTL_DATA_DIR": "/nonexistent"}  # no admin token: rate-limited
+    posted = await roomctl(sp, "post", "ops", "--lines", "--json", env=anonymous,
+                           stdin="\n".join(lines).encode())
+    assert (posted.rc, posted.err) == (0, "")
+    assert len(posted.json_lines()) == 60
+    tail = await roomctl(sp, "tail", "ops", "-F", "--json", "-n", "100")
+    assert [m["text"] for m in tail.json_lines()] == lines
+    metrics = await trio.to_thread.run_sync(
+        lambda: urllib.request.urlopen(sp.http + "/metrics", timeout=WAIT).read().decode())
+    refused = re.search(r"^roomctl_rate_limited(?:_total)? (\d+)", metrics, re.M)
+    assert refused is not None and int(refused.group(1)) > 0  # the limit did bite

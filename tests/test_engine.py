@@ -978,3 +978,99 @@ def test_a_hello_for_another_protocol_version_is_refused(engine: Engine) -> None
 
     assert effects == [error(ALICE, ErrorCode.BAD_REQUEST, "h")]
     assert ROOM not in engine.rooms
+
+
+# --- access: private rooms, join tokens and grants (daemon.auth.Access) -------------------------
+
+from daemon.auth import ANONYMOUS, Access  # noqa: E402
+
+
+def token_access(room: str = ROOM, *grants: str, name: str | None = None) -> Access:
+    return Access(grants=frozenset(grants or ("join", "post", "media")), room=room,
+                  identity="id-" + (name or "x"), name=name)
+
+
+def test_hello_without_token_to_a_private_room_is_unauthorized_and_closed() -> None:
+    engine = make_engine()
+    commit(only_persist(engine.admin(ADMIN, adm.CreateRoom(room=ROOM, private=True), T0)))
+
+    effects = engine.hello(ALICE, ROOM, Hello(name="alice", ref="h"), T0 + 1, ANONYMOUS)
+
+    assert effects == [error(ALICE, ErrorCode.UNAUTHORIZED, "h"),
+                       Close(ALICE, CloseCode.UNAUTHORIZED, ANY)]
+    assert engine.conns == {}
+
+
+def test_a_token_for_another_room_is_forbidden_and_closed(engine: Engine) -> None:
+    effects = engine.hello(ALICE, ROOM, Hello(ref="h"), T0, token_access("elsewhere"))
+
+    assert effects == [error(ALICE, ErrorCode.FORBIDDEN, "h"),
+                       Close(ALICE, CloseCode.FORBIDDEN, ANY)]
+    assert engine.rooms == {}  # refused before the room was created
+
+
+def test_hidden_needs_the_hidden_grant(engine: Engine) -> None:
+    refused = engine.hello(OBSERVER, ROOM, Hello(ref="h", hidden=True), T0, token_access())
+    assert refused == [error(OBSERVER, ErrorCode.FORBIDDEN, "h"),
+                       Close(OBSERVER, CloseCode.FORBIDDEN, ANY)]
+    allowed = engine.hello(OBSERVER, ROOM, Hello(ref="h", hidden=True), T0,
+                           token_access(ROOM, "join", "hidden"))
+    assert isinstance(allowed[-1], Send) and isinstance(allowed[-1].frame, Welcome)
+
+
+def test_the_token_name_wins_and_its_identity_is_shown(engine: Engine) -> None:
+    effects = engine.hello(ALICE, ROOM, Hello(name="mallory"), T0,
+                           token_access(ROOM, "join", name="Alice"))
+
+    welcome = effects[-1]
+    assert isinstance(welcome, Send) and isinstance(welcome.frame, Welcome)
+    [me] = welcome.frame.participants
+    assert me.identity == "id-Alice"
+    assert me.meta == ChatParticipantMeta(name="Alice")
+
+
+def test_requests_need_their_grant_and_a_refusal_changes_nothing(engine: Engine) -> None:
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0, token_access(ROOM, "join"))
+
+    for request in (SendMessage(text="hi", ref="m"), SetTopic(topic="t", ref="m"),
+                    Join(ref="m"), SetMediaState(audio_muted=False, video_muted=False, ref="m")):
+        assert engine.request(ALICE, request, T0 + 1) == [error(ALICE, ErrorCode.FORBIDDEN, "m")]
+    # Requests that need no grant still work.
+    effects = engine.request(ALICE, GetParticipants(ref="p"), T0 + 1)
+    assert [type(e) for e in effects] == [Send]
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Participants)
+
+
+def test_a_resume_keeps_the_grants_without_a_token(engine: Engine) -> None:
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0, token_access(ROOM, "join"))
+    engine.disconnect(ALICE, T0 + 1)
+
+    engine.hello(5, ROOM, Hello(resume="token-1"), T0 + 2, ANONYMOUS)
+
+    assert engine.request(5, SendMessage(text="hi", ref="m"), T0 + 3) == [
+        error(5, ErrorCode.FORBIDDEN, "m")]
+
+
+def test_require_tokens_makes_auto_created_and_admin_created_rooms_private() -> None:
+    engine = make_engine(require_tokens=True)
+    assert engine.hello(ALICE, ROOM, Hello(ref="h"), T0, ANONYMOUS)[0] == error(
+        ALICE, ErrorCode.UNAUTHORIZED, "h")
+    effects = engine.hello(ALICE, ROOM, Hello(ref="h"), T0, token_access())
+    assert isinstance(effects[0], Persist)
+    assert engine.rooms[ROOM].private is True  # stays private if the flag is dropped later
+    assert engine.room_info(engine.rooms[ROOM]).private is True
+
+
+def test_room_limits() -> None:
+    engine = make_engine(max_rooms=1, max_participants=1)
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+
+    assert engine.hello(BOB, ROOM, Hello(name="bob", ref="h"), T0) == [
+        error(BOB, ErrorCode.ROOM_FULL, "h")]
+    assert engine.hello(CAROL, "second", Hello(ref="h"), T0) == [
+        error(CAROL, ErrorCode.LIMIT_REACHED, "h"), Close(CAROL, CloseCode.ROOM_NOT_FOUND, ANY)]
+    assert engine.admin(ADMIN, adm.CreateRoom(room="third", ref="c"), T0) == [
+        error(ADMIN, ErrorCode.LIMIT_REACHED, "c")]
+    # A hidden observer does not count.
+    watched = engine.hello(OBSERVER, ROOM, Hello(hidden=True), T0)
+    assert isinstance(watched[-1], Send) and isinstance(watched[-1].frame, Welcome)

@@ -453,7 +453,9 @@ def test_every_option_of_a_client_command_is_documented(path: tuple[str, ...]) -
     from roomctl.options import _GLOBAL_NAMES
 
     command = CLIENT_COMMANDS[path]
-    rows = [line for line in _help(*path).splitlines() if re.match(r"^\W\s+-", line)]
+    # Option rows of the help panels: "│ --name  -n  TYPE  help", "*" marking required ones.
+    rows = [line.replace("*", " ", 1) for line in _help(*path).splitlines()
+            if re.match(r"^\W\s+(\*\s+)?-", line)]
     shown = {token for row in rows
              for token in itertools.takewhile(lambda t: t.startswith("-"), row.split()[1:])}
     defined = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}

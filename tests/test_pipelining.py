@@ -17,7 +17,7 @@ async def test_a_pipelining_client_that_reads_gets_every_answer(
     # A small backlog, so that one committed batch produces more frames for the poster
     # than the backlog holds: they leave in one write and must not count as a backlog.
     count = 3000
-    async with running_server(make_config(outbound_queue=16)) as srv, \
+    async with running_server(make_config(outbound_queue=16, rate_limit=0)) as srv, \
             connect("pipe", target=srv) as poster:
         await poster.hello("pipeline")
         oks: list[int] = []

@@ -62,7 +62,7 @@ EVENT_TYPES = [t for t in FRAME_TYPES if issubclass(t, Event)]
 
 # 7 core requests + 11 core events, 7 chat requests + 4 chat events, 5 admin requests +
 # 2 admin replies. Adding a type means adding an example below and bumping this.
-EXPECTED_FRAME_TYPES = 37
+EXPECTED_FRAME_TYPES = 39
 
 
 def _tag(cls: type[Frame]) -> str:
@@ -142,7 +142,12 @@ EXAMPLES: dict[type[Frame], Frame] = {
     admin.GetRoom: admin.GetRoom(ref="a3", room="ops"),
     admin.DeleteRoom: admin.DeleteRoom(ref="a4", room="ops"),
     admin.Kick: admin.Kick(ref="a5", room="ops", participant_id="a1b2c3"),
+    admin.CreateToken: admin.CreateToken(ref="a6", room="ops", identity="alice@example.org",
+                                         name="Alice", grants=["join", "post"], ttl=600.0),
     # admin replies
+    admin.TokenIssued: admin.TokenIssued(ref="a6", token="eyJ.x.y", room="ops",
+                                         identity="alice@example.org", grants=["join", "post"],
+                                         expires_at=1795760378.0),
     admin.RoomDetails: admin.RoomDetails(ref="a3", room=_ROOM, participants=[_PARTICIPANT]),
     admin.RoomList: admin.RoomList(ref="a2", rooms=[_ROOM]),
 }

@@ -224,10 +224,33 @@ def test_file_layout_and_schema(db_path: pathlib.Path) -> None:
     assert db_path.stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
+
+
+def test_a_version_1_database_is_migrated_keeping_its_rooms_and_log(
+        db_path: pathlib.Path) -> None:
+    db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conn = sqlite3.connect(db_path)  # the schema as version 1 made it
+    conn.execute("CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
+                 "created_at REAL NOT NULL, meta BLOB NOT NULL)")
+    conn.execute("CREATE TABLE log (room TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, "
+                 "body BLOB NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID")
+    conn.execute("INSERT INTO rooms VALUES ('r', 'chat', 1.0, x'7b7d')")
+    conn.execute("INSERT INTO log VALUES ('r', 1, 2.0, x'00')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store.open(db_path)
+    try:
+        [loaded] = store.load_rooms()
+        assert (loaded.name, loaded.last_seq, loaded.private) == ("r", 1, False)
+        store.write([PutRoom(name="p", app="chat", created_at=3.0, meta=b"{}", private=True)])
+        assert [r.private for r in store.load_rooms()] == [True, False]
+    finally:
+        store.close()
 
 
 def test_unknown_schema_version_refused(db_path: pathlib.Path) -> None:

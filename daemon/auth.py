@@ -1,0 +1,141 @@
+"""Who may do what: the admin token, and join tokens (JWTs signed with a secret of the daemon).
+
+A join token is a JWT (HS256, via PyJWT) carrying the room, the holder's identity (``sub``),
+a display name, grants and an expiry. The daemon signs them with a secret kept in its data
+directory (``join-secret``, mode 0600), so tokens stay valid across restarts and only this
+daemon can make them. ``Access`` is what a connection proved: the engine decides with it
+whether a hello is admitted and which requests the session may make.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import jwt
+
+from daemon.config import write_secret_file
+from protocol.admin import Grant
+from protocol.errors import ErrorCode, ProtocolError
+
+JOIN_SECRET_FILE = "join-secret"
+ISSUER = "roomctl"
+AUDIENCE = "roomctl-room"
+ALGORITHM = "HS256"
+LEEWAY = 5.0  # seconds of clock skew tolerated on expiry
+ALL_GRANTS: frozenset[str] = frozenset(get_args(Grant))
+# What anyone may do in an open room without a token.
+OPEN_ROOM_GRANTS: frozenset[str] = frozenset({"join", "post", "media", "hidden"})
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a connection proved with its token.
+
+    ``room`` is None for the admin token (every room); otherwise the one room the join
+    token is for. ``anonymous`` means no token was given at all.
+    """
+
+    grants: frozenset[str]
+    room: str | None = None
+    identity: str | None = None
+    name: str | None = None
+    anonymous: bool = False
+
+    @property
+    def is_admin(self) -> bool:
+        return self.room is None and not self.anonymous
+
+    def allows(self, grant: str, room: str) -> bool:
+        """Whether this access grants ``grant`` in ``room``."""
+        if self.is_admin:
+            return True
+        if self.room is not None and self.room != room:
+            return False
+        return grant in self.grants
+
+
+ANONYMOUS = Access(grants=OPEN_ROOM_GRANTS, anonymous=True)
+ADMIN = Access(grants=ALL_GRANTS)
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Compare two secrets in constant time."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class Authority:
+    """Signs and checks join tokens, and recognises the admin token."""
+
+    def __init__(self, secret: bytes, admin_token: Callable[[], str]) -> None:
+        self._secret = secret
+        self._admin_token = admin_token  # read at each check: the token can be rotated
+
+    def issue(self, *, room: str, identity: str, name: str | None, grants: list[str],
+              ttl: float, now: float | None = None) -> tuple[str, float]:
+        """Return a signed join token and its expiry (Unix seconds)."""
+        issued = time.time() if now is None else now
+        expires = issued + ttl
+        claims: dict[str, Any] = {
+            "iss": ISSUER, "aud": AUDIENCE, "room": room, "sub": identity,
+            "grants": sorted(set(grants)), "iat": int(issued), "exp": int(expires) + 1,
+        }
+        if name is not None:
+            claims["name"] = name
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), float(int(expires) + 1)
+
+    def check(self, token: str | None) -> Access:
+        """Return the Access a hello's token proves: anonymous, admin, or a join token.
+
+        Raises ProtocolError ``unauthorized`` for a token that is forged, expired or
+        malformed. Whether the access suffices for a room is the engine's decision.
+        """
+        if token is None:
+            return ANONYMOUS
+        if same_secret(token, self._admin_token()):
+            return ADMIN
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=AUDIENCE,
+                                issuer=ISSUER, leeway=LEEWAY,
+                                options={"require": ["exp", "sub", "room", "grants"]})
+        except jwt.ExpiredSignatureError:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "the token has expired") from None
+        except jwt.InvalidSignatureError:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED,
+                                "the token's signature is not this daemon's") from None
+        except jwt.InvalidTokenError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
+        grants = claims["grants"]
+        room, identity, name = claims["room"], claims["sub"], claims.get("name")
+        if not (isinstance(grants, list) and all(g in ALL_GRANTS for g in grants)
+                and isinstance(room, str) and isinstance(identity, str)
+                and (name is None or (isinstance(name, str) and 0 < len(name) <= 64))):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "invalid token: bad claims")
+        return Access(grants=frozenset(grants), room=room, identity=identity, name=name)
+
+
+def ensure_join_secret(data_dir: Path) -> bytes:
+    """Return the join-token signing secret kept in ``data_dir``, creating it (0600) once."""
+    path = data_dir / JOIN_SECRET_FILE
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        secret = ""
+    if not secret:
+        secret = secrets.token_hex(32)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_secret_file(path, secret + "\n")
+    return bytes.fromhex(secret) if _is_hex(secret) else secret.encode()
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return len(text) >= 32
