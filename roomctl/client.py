@@ -342,7 +342,7 @@ async def _check_tls(target: Target, context: ssl.SSLContext) -> None:
 
 def _single(group: BaseExceptionGroup[Any]) -> BaseException:
     """Return the one exception a group of one holds (nurseries wrap everything)."""
-    leaves = list(_leaves(group))
+    leaves = list(exception_leaves(group))
     if len(leaves) == 1:
         return leaves[0]
     for leaf in leaves:
@@ -351,10 +351,11 @@ def _single(group: BaseExceptionGroup[Any]) -> BaseException:
     return group
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
+def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
+    """Yield the exceptions inside ``exc``, however deeply nurseries grouped them."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            yield from _leaves(inner)
+            yield from exception_leaves(inner)
     else:
         yield exc
 

@@ -20,7 +20,14 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import trio
 import typer
 
-from roomctl.client import DEFAULT_URL, CliError, ExitCode, Target, validate_url
+from roomctl.client import (
+    DEFAULT_URL,
+    CliError,
+    ExitCode,
+    Target,
+    exception_leaves,
+    validate_url,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -163,14 +170,8 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
     except CliError as exc:
         fail(exc.message, exc.exit_code)
     except BaseExceptionGroup as group:
-        errors = [e for e in _leaves(group) if isinstance(e, CliError)]
+        errors = [e for e in exception_leaves(group) if isinstance(e, CliError)]
         if errors:
             fail(errors[0].message, errors[0].exit_code)
         raise
     raise AssertionError("unreachable")
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
