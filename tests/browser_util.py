@@ -22,7 +22,7 @@ from playwright.sync_api import sync_playwright as _sync_playwright
 
 from tests.conftest import ROOT
 
-CHROMIUM = pathlib.Path(os.environ.get("ROOMCTL_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = pathlib.Path(os.environ.get("ROOMCTL_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     # Chromium runs as root in CI containers, with no GPU.
     "--no-sandbox",

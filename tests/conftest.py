@@ -11,8 +11,10 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,6 +30,40 @@ from daemon.config import read_admin_token
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAIT = 5.0  # seconds any single expected frame may take
+
+# --- a hermetic environment ------------------------------------------------------------------
+# No test may read or write the user's own state, config or home: a daemon the user ran
+# (the README's first command) leaves an admin token in $XDG_STATE_HOME/roomctl, which a
+# `roomctl` started by a test would otherwise present to the test's daemon. So the whole
+# session, and every subprocess it starts, gets its own HOME and XDG directories, and no
+# ROOMCTL_* variable from outside (tests set the ones they mean). ROOMCTL_TEST_* variables
+# configure the suite itself and stay.
+USER_HOME = pathlib.Path.home()
+HERMETIC_ROOT = pathlib.Path(tempfile.mkdtemp(prefix="roomctl-tests-"))
+_HERMETIC_DIRS = {
+    "HOME": HERMETIC_ROOT / "home",
+    "XDG_STATE_HOME": HERMETIC_ROOT / "state",
+    "XDG_CONFIG_HOME": HERMETIC_ROOT / "config",
+    "XDG_CACHE_HOME": HERMETIC_ROOT / "cache",
+    "XDG_DATA_HOME": HERMETIC_ROOT / "share",
+    "XDG_RUNTIME_DIR": HERMETIC_ROOT / "run",
+}
+
+
+def _make_hermetic() -> None:
+    for name, path in _HERMETIC_DIRS.items():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.environ[name] = str(path)
+    for name in [n for n in os.environ if n.startswith("ROOMCTL_")]:
+        if not name.startswith("ROOMCTL_TEST_"):
+            del os.environ[name]
+
+
+_make_hermetic()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(HERMETIC_ROOT, ignore_errors=True)
 
 
 class _Address:
