@@ -2,13 +2,13 @@
 
 Embed it in a trio program with ``await nursery.start(daemon.serve, config, [apps...])``.
 The engine, apps and config import no I/O framework; ``serve`` (and with it trio) is
-imported on first use, so ``import daemon.engine`` stays sans-IO.
+imported on first use, so ``import daemon.core.engine`` stays sans-IO.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from daemon.apps import App, Context
-from daemon.chat import ChatApp
+from daemon.apps.api import App, Context
+from daemon.apps.chat import ChatApp
 from daemon.config import Config
 
 if TYPE_CHECKING:

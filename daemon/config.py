@@ -9,18 +9,15 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, get_args
+from typing import IO
 
-from protocol.limits import MAX_FRAME_BYTES, DisplayName, MessageText
+from protocol.limits import MAX_DISPLAY_NAME, MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8750
 DB_FILE = "roomctl.db"
 ADMIN_TOKEN_FILE = "admin-token"
 LOCK_FILE = "lock"
-# The protocol's own bounds; a daemon may only lower them.
-MAX_TEXT: int = get_args(MessageText)[1].max_length
-MAX_NAME: int = get_args(DisplayName)[1].max_length
 
 log = logging.getLogger("roomctl.daemon")
 
@@ -51,14 +48,14 @@ class Config:
     close_timeout: float = 2.0  # for a connection's closing handshake
     max_bad_frames: int = 20  # bad frames tolerated per connection before it is closed (1008)
     shutdown_timeout: float = 5.0  # how long clients get to see the 1001 close on shutdown
-    # Access (daemon.auth): every room needs a join token; how many rooms and participants.
+    # Access (daemon.core.access): every room needs a join token; how many rooms and participants.
     require_tokens: bool = False
     max_rooms: int | None = 10_000
     max_participants: int | None = 100  # per room; a chat room may set a lower limit
-    # TLS: serve https and wss on the port when both are set (daemon.tls).
+    # TLS: serve https and wss on the port when both are set (daemon.net.tls).
     tls_cert: Path | None = None  # PEM certificate chain
     tls_key: Path | None = None  # PEM private key
-    # Requests per connection (daemon.ratelimit); rate 0 turns the limit off. Connections
+    # Requests per connection (daemon.net.ratelimit); rate 0 turns the limit off. Connections
     # that presented the admin token are not limited: they can delete every room anyway.
     rate_limit: float = 20.0  # requests per second, sustained
     rate_burst: int = 200  # requests at once (a WebRTC mesh join sends a few dozen)
@@ -69,11 +66,11 @@ class Config:
     # ping_timeout closes the connection (1011). ping_interval 0 sends no pings.
     ping_interval: float = 30.0
     ping_timeout: float = 20.0
-    # Browser origins allowed to open WebSockets besides the daemon's own (daemon.origins).
+    # Browser origins allowed to open WebSockets besides the daemon's own (daemon.net.origins).
     allowed_origins: tuple[str, ...] = ()
     # Chat limits, at most the protocol's (4000 and 64 characters).
-    max_text: int = MAX_TEXT
-    max_name: int = MAX_NAME
+    max_text: int = MAX_MESSAGE_TEXT
+    max_name: int = MAX_DISPLAY_NAME
 
     @property
     def db_path(self) -> Path | None:

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-One TCP port. ``daemon.front`` parses each request head: plain HTTP (health, metrics)
+One TCP port. ``daemon.net.front`` parses each request head: plain HTTP (health, metrics)
 is answered here; WebSocket upgrades to ``/v1/rooms/{room}`` and ``/v1/admin`` become
 ``Connection`` objects. A connection's reader decodes frames and feeds the engine; the
 effects it gets back are applied in order. A broadcast is encoded and framed once per
@@ -31,9 +31,9 @@ Queues, and what happens when each is full:
 Limits on what one client may cost (each a ``Config`` field and a ``roomctl serve`` option):
 connections per client address (counted in ``_serve``'s ``on_tcp``: one more gets a 429
 and is closed before anything is read); the TLS handshake and request head within
-``head_timeout`` (``daemon.front``); an allowed ``Origin`` for browsers (``on_websocket``,
+``head_timeout`` (``daemon.net.front``); an allowed ``Origin`` for browsers (``on_websocket``,
 before accept); a valid hello within ``handshake_timeout``; requests per second per
-connection after the hello (``daemon.ratelimit``: ``rate-limited``, then 1008); frame
+connection after the hello (``daemon.net.ratelimit``: ``rate-limited``, then 1008); frame
 size (1009); and a pong to each keepalive ping (one sweeper task, ``Daemon.keepalive``;
 1011 when none comes).
 """
@@ -56,13 +56,13 @@ import msgspec
 import trio
 import trio_websocket
 
-from daemon import web, wire
-from daemon.apps import App
-from daemon.auth import Access, Authority, ensure_join_secret
+from daemon.apps.api import App
 from daemon.config import ADMIN_TOKEN_FILE, AdminTokenFile, Config, lock_data_dir
-from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Query, Send, StartTimer
-from daemon.engine import Engine
-from daemon.front import (
+from daemon.core.access import Access
+from daemon.core.effects import CancelTimer, Close, ConnId, Effect, Persist, Query, Send, StartTimer
+from daemon.core.engine import Engine
+from daemon.net import web, wire
+from daemon.net.front import (
     FrontLimits,
     HttpRequest,
     HttpResponse,
@@ -71,10 +71,11 @@ from daemon.front import (
     refuse_connection,
     serve_tcp,
 )
-from daemon.keepalive import Pings
-from daemon.origins import origin_allowed
-from daemon.ratelimit import RateLimit, RequestLimiter, Verdict
+from daemon.net.keepalive import Pings
+from daemon.net.origins import origin_allowed
+from daemon.net.ratelimit import RateLimit, RequestLimiter, Verdict
 from daemon.store import Store, StoreWriter
+from daemon.tokens import Authority, ensure_join_secret
 from protocol import (
     CORE_REQUESTS,
     CloseCode,
@@ -575,14 +576,14 @@ async def serve(
     (``daemon.tls.TlsSetupError``, whose message is one line).
     """
     if apps is None:
-        from daemon.chat import ChatApp
+        from daemon.apps.chat import ChatApp
 
         apps = [ChatApp(max_text=config.max_text, max_name=config.max_name)]
     tls: ssl.SSLContext | None = None
     if config.tls_cert is not None or config.tls_key is not None:
         if config.tls_cert is None or config.tls_key is None:
             raise ValueError("TLS needs both a certificate and a key")
-        from daemon.tls import server_context
+        from daemon.net.tls import server_context
 
         tls = server_context(config.tls_cert, config.tls_key)
     admin_token = AdminTokenFile(config.data_dir)

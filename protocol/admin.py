@@ -3,12 +3,11 @@
 The connection opens with the same ``hello``, carrying the admin token.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-from msgspec import Meta
 
-from protocol.limits import AppName, DisplayName, RoomName, SessionId, TokenTtl
+from protocol.limits import AppName, DisplayName, Identity, RoomName, SessionId, TokenTtl
 from protocol.messages import Participant, Reply, Request, RoomInfo
 
 
@@ -58,7 +57,7 @@ class CreateToken(Request, tag="create-token", frozen=True, kw_only=True):
     """Sign a join token for ``room``; answered by ``token``. Needs the admin token."""
 
     room: RoomName
-    identity: Annotated[str, Meta(min_length=1, max_length=128)]
+    identity: Identity
     name: DisplayName | None = None
     grants: list[Grant] = msgspec.field(default_factory=lambda: list(DEFAULT_GRANTS))
     ttl: TokenTtl = 3600.0

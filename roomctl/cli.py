@@ -289,7 +289,7 @@ def serve(
 
 def _origins(values: list[str]) -> tuple[str, ...]:
     """Return the normalised allowed origins; items may also be comma-separated."""
-    from daemon.origins import normalize_origin
+    from daemon.net.origins import normalize_origin
 
     found: list[str] = []
     for value in values:

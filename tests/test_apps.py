@@ -23,11 +23,11 @@ import trio
 import trio_websocket
 
 import daemon
-from daemon.apps import App, Context
-from daemon.chat import ChatApp
-from daemon.effects import Effect, Persist, Send
-from daemon.engine import Engine
-from daemon.records import PutRoom, StoredRoom
+from daemon.apps.api import App, Context
+from daemon.apps.chat import ChatApp
+from daemon.core.effects import Effect, Persist, Send
+from daemon.core.engine import Engine
+from daemon.core.records import PutRoom, StoredRoom
 from protocol import ErrorCode, Event, ProtocolError, Request
 from protocol import admin as adm
 from protocol.chat import SendMessage

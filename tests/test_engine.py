@@ -16,12 +16,12 @@ from unittest.mock import ANY
 import msgspec
 import pytest
 
-from daemon.apps import App, Context
-from daemon.chat import ChatApp
-from daemon.effects import CancelTimer, Close, Effect, Persist, Query, Send, StartTimer
-from daemon.engine import Engine
-from daemon.records import AppendLog, LogEntry, PutRoom, StoredRoom
-from daemon.records import DeleteRoom as DeleteRoomRecord
+from daemon.apps.api import App, Context
+from daemon.apps.chat import ChatApp
+from daemon.core.effects import CancelTimer, Close, Effect, Persist, Query, Send, StartTimer
+from daemon.core.engine import Engine
+from daemon.core.records import AppendLog, LogEntry, PutRoom, StoredRoom
+from daemon.core.records import DeleteRoom as DeleteRoomRecord
 from protocol import CloseCode, ErrorCode, Request
 from protocol import admin as adm
 from protocol.chat import (
@@ -982,7 +982,7 @@ def test_a_hello_for_another_protocol_version_is_refused(engine: Engine) -> None
 
 # --- access: private rooms, join tokens and grants (daemon.auth.Access) -------------------------
 
-from daemon.auth import ANONYMOUS, Access  # noqa: E402
+from daemon.core.access import ANONYMOUS, Access  # noqa: E402
 
 
 def token_access(room: str = ROOM, *grants: str, name: str | None = None) -> Access:

@@ -9,8 +9,8 @@ import msgspec
 import trio_websocket
 
 import daemon
-from daemon.apps import Context
-from daemon.chat import ChatApp
+from daemon.apps.api import Context
+from daemon.apps.chat import ChatApp
 from protocol import Request
 from tests.conftest import running_server
 

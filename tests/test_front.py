@@ -1,4 +1,4 @@
-"""Tests for daemon.front: real TCP on 127.0.0.1, real trio-websocket clients."""
+"""Tests for daemon.net.front: real TCP on 127.0.0.1, real trio-websocket clients."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from daemon.front import (
+from daemon.net.front import (
     FrontLimits,
     HttpHandler,
     HttpRequest,
@@ -180,7 +180,8 @@ def status_of(raw: bytes) -> int:
 
 
 def front_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "daemon.front" and r.levelno >= logging.ERROR]
+    return [r for r in caplog.records
+            if r.name == "daemon.net.front" and r.levelno >= logging.ERROR]
 
 
 # --------------------------------------------------------------------------- plain HTTP

@@ -1,9 +1,9 @@
 """Every configurable limit, and admin-token rotation, against a real daemon.
 
-The token bucket (``daemon.ratelimit``) is checked with plain numbers for a clock; the
+The token bucket (``daemon.net.ratelimit``) is checked with plain numbers for a clock; the
 rest runs a real daemon on 127.0.0.1 with small limits and real WebSocket clients, or the
 real ``roomctl serve`` where the command line is what is being tested. Participants per
-room and rooms per daemon are the join-token suite's (``daemon.engine``).
+room and rooms per daemon are the join-token suite's (``daemon.core.engine``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import trio_websocket
 
 import daemon
 from daemon.config import AdminTokenFile, read_admin_token
-from daemon.ratelimit import RateLimit, RequestLimiter, TokenBucket, Verdict
+from daemon.net.ratelimit import RateLimit, RequestLimiter, TokenBucket, Verdict
 from tests.conftest import ROOT, WAIT, Client, ServeProcess, Server, closing, running_server
 
 Connect = Callable[..., Any]

@@ -1,4 +1,4 @@
-"""Tests for daemon.store: the SQLite Store and the group-committing StoreWriter."""
+"""Tests for daemon.store.sqlite: the SQLite Store and the group-committing StoreWriter."""
 
 from __future__ import annotations
 
@@ -422,7 +422,7 @@ async def test_callback_exception_is_logged_not_fatal(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        with caplog.at_level(logging.ERROR, logger="daemon.store"):
+        with caplog.at_level(logging.ERROR, logger="daemon.store.writer"):
             await writer.submit([room("r")], explode)
             await writer.commit([entry("r", 1)])
         assert any("boom" in str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info)

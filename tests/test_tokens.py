@@ -20,7 +20,7 @@ import trio
 import trio_websocket
 
 import daemon
-from daemon.auth import JOIN_SECRET_FILE, Authority, ensure_join_secret
+from daemon.tokens import JOIN_SECRET_FILE, Authority, ensure_join_secret
 from tests.conftest import WAIT, Client, ServeProcess, Server, closing, running_server
 from tests.test_cli import one_error_line, roomctl
 

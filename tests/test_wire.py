@@ -1,4 +1,4 @@
-"""daemon.wire: frames built once, and the ordered output buffer, on real socket pairs."""
+"""daemon.net.wire: frames built once, and the ordered output buffer, on real socket pairs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import trio
 import trio.testing
 import wsproto.frame_protocol as fp
 
-from daemon import wire
+from daemon.net import wire
 
 
 def _parse(data: bytes) -> list[tuple[fp.Opcode, bytes]]:

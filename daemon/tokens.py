@@ -13,14 +13,13 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import jwt
 
 from daemon.config import write_secret_file
-from protocol.admin import Grant
+from daemon.core.access import ADMIN, ALL_GRANTS, ANONYMOUS, Access
 from protocol.errors import ErrorCode, ProtocolError
 
 JOIN_SECRET_FILE = "join-secret"
@@ -28,40 +27,6 @@ ISSUER = "roomctl"
 AUDIENCE = "roomctl-room"
 ALGORITHM = "HS256"
 LEEWAY = 5.0  # seconds of clock skew tolerated on expiry
-ALL_GRANTS: frozenset[str] = frozenset(get_args(Grant))
-# What anyone may do in an open room without a token.
-OPEN_ROOM_GRANTS: frozenset[str] = frozenset({"join", "post", "media", "hidden"})
-
-
-@dataclass(frozen=True)
-class Access:
-    """What a connection proved with its token.
-
-    ``room`` is None for the admin token (every room); otherwise the one room the join
-    token is for. ``anonymous`` means no token was given at all.
-    """
-
-    grants: frozenset[str]
-    room: str | None = None
-    identity: str | None = None
-    name: str | None = None
-    anonymous: bool = False
-
-    @property
-    def is_admin(self) -> bool:
-        return self.room is None and not self.anonymous
-
-    def allows(self, grant: str, room: str) -> bool:
-        """Whether this access grants ``grant`` in ``room``."""
-        if self.is_admin:
-            return True
-        if self.room is not None and self.room != room:
-            return False
-        return grant in self.grants
-
-
-ANONYMOUS = Access(grants=OPEN_ROOM_GRANTS, anonymous=True)
-ADMIN = Access(grants=ALL_GRANTS)
 
 
 def same_secret(given: str, expected: str) -> bool:

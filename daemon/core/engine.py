@@ -5,7 +5,7 @@ Theory of operation
 Inputs are calls: a connection said ``hello`` (``hello``), a decoded request arrived
 (``request``, or ``admin`` on the admin endpoint), a connection dropped (``disconnect``),
 a timer fired (``timer_fired``). Each takes ``now`` and returns a list of effects
-(``daemon.effects``) that the server applies in order: send frames, close connections,
+(``daemon.core.effects``) that the server applies in order: send frames, close connections,
 persist records, query the log, start or cancel timers. Nothing here awaits, so each
 call is atomic under trio's scheduler without locks, and every rule is testable
 without sockets or clocks.
@@ -16,10 +16,10 @@ connection drops, the participant stays, marked not live, for ``grace`` seconds,
 leave/join churn, and its mesh edges (WebRTC peer connections) are kept. Hidden sessions
 (observers) never appear as participants, never enter the mesh, and end on disconnect.
 
-Room behaviour beyond that belongs to the room's app (``daemon.apps``): its requests are
+Room behaviour beyond that belongs to the room's app (``daemon.core.app``): its requests are
 dispatched to ``App.handle`` through a ``Context``.
 
-Access: the server checks a hello's token (``daemon.auth``) and passes the ``Access`` it
+Access: the server checks a hello's token (``daemon.tokens``) and passes the ``Access`` it
 proves; the engine decides with it. An open room admits anyone (with ``OPEN_ROOM_GRANTS``);
 a private room, or every room under ``require_tokens``, needs the admin token or a join
 token for that room with the ``join`` grant. A session keeps its grants: each request
@@ -36,11 +36,20 @@ from typing import Any
 
 import msgspec
 
-from daemon.apps import App, Context
-from daemon.auth import ADMIN, ALL_GRANTS, ANONYMOUS, Access
-from daemon.effects import CancelTimer, Close, ConnId, Effect, Persist, Send, StartTimer, TimerKey
-from daemon.records import DeleteRoom as DeleteRoomRecord
-from daemon.records import PutRoom, StoredRoom
+from daemon.core.access import ADMIN, ALL_GRANTS, ANONYMOUS, Access
+from daemon.core.app import App, Context
+from daemon.core.effects import (
+    CancelTimer,
+    Close,
+    ConnId,
+    Effect,
+    Persist,
+    Send,
+    StartTimer,
+    TimerKey,
+)
+from daemon.core.records import DeleteRoom as DeleteRoomRecord
+from daemon.core.records import PutRoom, StoredRoom
 from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request
 from protocol import admin as adm
 from protocol.messages import (

@@ -21,7 +21,7 @@ import struct
 import trio
 import trio_websocket
 
-from daemon import wire
+from daemon.net import wire
 
 __all__ = ["Pings", "ping_frame"]
 

@@ -42,7 +42,7 @@ import h11
 import trio
 import trio_websocket
 
-from daemon import wire
+from daemon.net import wire
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -501,7 +501,7 @@ class _Connection:
         request = _build_request(event, self._peer, b"")
         leftover, _ = self._h11.trailing_data
         prefixed = _PrefixedStream(self._stream, _rebuild_head(event) + leftover)
-        # Every outbound byte goes through one ordered buffer (see daemon.wire); the
+        # Every outbound byte goes through one ordered buffer (see daemon.net.wire); the
         # daemon reaches it as the WebSocket connection's stream.
         async with trio.open_nursery() as nursery:
             output = wire.OutputStream(prefixed, _fd_of(self._stream), nursery)

@@ -1,6 +1,6 @@
 """The web page: the lobby, the room page, their static files and the lobby's room list.
 
-Everything the browser needs ships inside the ``daemon`` package (``daemon/static``): plain
+Everything the browser needs ships inside the ``daemon`` package (``daemon/net/static``): plain
 HTML, CSS and JavaScript modules, no build step, nothing fetched from elsewhere. The files
 are read once, when this module is imported, into a table keyed by URL path; a request can
 only ever name an entry of that table, so no path (``..``, encoded slashes, symlinks) can
@@ -25,7 +25,7 @@ from typing import Final
 
 import msgspec
 
-from daemon.front import HttpRequest, HttpResponse
+from daemon.net.front import HttpRequest, HttpResponse
 from protocol.messages import RoomInfo
 
 __all__ = ["PUBLIC_ROOMS_PATH", "StaticFile", "load_static", "respond"]
@@ -65,7 +65,7 @@ _ALLOW = (("Allow", "GET, HEAD"),)
 
 @dataclass(frozen=True)
 class StaticFile:
-    """One file of ``daemon/static``, ready to send."""
+    """One file of ``daemon/net/static``, ready to send."""
 
     body: bytes
     content_type: str
@@ -73,13 +73,13 @@ class StaticFile:
 
 
 def load_static() -> dict[str, StaticFile]:
-    """Return every file under ``daemon/static`` keyed by its URL path (``/static/...``).
+    """Return every file under ``daemon/net/static`` keyed by its URL path (``/static/...``).
 
     Files with an extension the page does not use are left out, so they can never be
     served with a guessed content type. Raises OSError when the package data is unreadable.
     """
     files: dict[str, StaticFile] = {}
-    root = resources.files("daemon") / "static"
+    root = resources.files("daemon.net") / "static"
 
     def walk(folder: resources.abc.Traversable, prefix: str) -> None:
         for entry in folder.iterdir():

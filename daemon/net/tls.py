@@ -1,6 +1,6 @@
 """TLS for the daemon's port: the server-side SSL context, from a PEM certificate and key.
 
-The front (``daemon.front``) wraps each accepted TCP stream in a ``trio.SSLStream`` with
+The front (``daemon.net.front``) wraps each accepted TCP stream in a ``trio.SSLStream`` with
 this context, so https and wss share the port exactly as http and ws do without it.
 """
 

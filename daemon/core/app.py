@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from daemon.effects import ConnId, Effect, Persist, Query, Send
-from daemon.records import AppendLog, LogEntry, PutRoom
+from daemon.core.effects import ConnId, Effect, Persist, Query, Send
+from daemon.core.records import AppendLog, LogEntry, PutRoom
 from protocol import ErrorCode, Event, ProtocolError, Request
 from protocol.messages import Error, Hello, Ok, ParticipantUpdated
 
 if TYPE_CHECKING:
-    from daemon.engine import Engine, Room, Session
+    from daemon.core.engine import Engine, Room, Session
 
 RoomMetaT = TypeVar("RoomMetaT", bound=msgspec.Struct)
 SessionMetaT = TypeVar("SessionMetaT")
@@ -36,7 +36,7 @@ class App(Generic[RoomMetaT, SessionMetaT]):
     requests: ClassVar[tuple[type[Request], ...]] = ()
     events: ClassVar[tuple[type[Event], ...]] = ()
     required_grants: ClassVar[dict[type[Request], str]] = {}
-    """The token grant each request needs (see ``daemon.auth``); unlisted ones need none
+    """The token grant each request needs (see ``daemon.tokens``); unlisted ones need none
     beyond being in the room."""
 
     def grant_for(self, request_type: type[Request]) -> str | None:

@@ -1,6 +1,6 @@
 """The built-in chat app: names, statuses, messages, topic, pins and participant limits.
 
-Written only against the app API (``daemon.apps``), as any third-party app would be.
+Written only against the app API (``daemon.apps.api``), as any third-party app would be.
 Messages live in the room's log (one entry per message, body in MessagePack); topic,
 pins, creator and the participant limit are the room's metadata.
 
@@ -16,9 +16,8 @@ from typing import Any
 
 import msgspec
 
-from daemon.apps import App, Context
-from daemon.config import MAX_NAME, MAX_TEXT
-from daemon.records import LogEntry
+from daemon.apps.api import App, Context
+from daemon.core.records import LogEntry
 from protocol import ErrorCode, ProtocolError, Request
 from protocol.chat import (
     CHAT_EVENTS,
@@ -39,7 +38,7 @@ from protocol.chat import (
     TopicChanged,
     Unpin,
 )
-from protocol.limits import MAX_FRAME_BYTES
+from protocol.limits import MAX_DISPLAY_NAME, MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
 from protocol.messages import Hello
 
 DEFAULT_NAME = "guest"
@@ -58,11 +57,12 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
     # Writing to the room's history and its shared state needs the post grant.
     required_grants = {SendMessage: "post", SetTopic: "post", Pin: "post", Unpin: "post"}
 
-    def __init__(self, *, max_text: int = MAX_TEXT, max_name: int = MAX_NAME) -> None:
-        if not 1 <= max_text <= MAX_TEXT:
-            raise ValueError(f"max_text must be 1 to {MAX_TEXT}")
-        if not 1 <= max_name <= MAX_NAME:
-            raise ValueError(f"max_name must be 1 to {MAX_NAME}")
+    def __init__(self, *, max_text: int = MAX_MESSAGE_TEXT,
+                 max_name: int = MAX_DISPLAY_NAME) -> None:
+        if not 1 <= max_text <= MAX_MESSAGE_TEXT:
+            raise ValueError(f"max_text must be 1 to {MAX_MESSAGE_TEXT}")
+        if not 1 <= max_name <= MAX_DISPLAY_NAME:
+            raise ValueError(f"max_name must be 1 to {MAX_DISPLAY_NAME}")
         self.max_text = max_text
         self.max_name = max_name
 

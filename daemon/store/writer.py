@@ -1,0 +1,237 @@
+"""The trio half of the store: one task that group-commits every write, in order.
+
+See ``daemon.store.sqlite`` for the theory of operation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import trio
+
+from daemon.core.records import AppendLog, DeleteRoom, LogEntry, PutRoom, StoredRoom, Write
+from daemon.store.sqlite import Store, StoreError
+
+logger = logging.getLogger(__name__)
+
+DoneCallback: TypeAlias = Callable[[BaseException | None], None]
+
+_WRITE_TYPES = (PutRoom, DeleteRoom, AppendLog)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    writes: tuple[Write, ...]
+    on_done: DoneCallback
+
+
+class StoreWriter:
+    """Serialises all writes through one trio task that group-commits them.
+
+    Start it with ``await nursery.start(writer.run)`` and stop it with ``aclose()``.
+    """
+
+    def __init__(self, store: Store, *, queue_size: int = 4096) -> None:
+        # Called after the callbacks of each committed batch, from the same task with no
+        # checkpoint in between (the daemon joins a batch's frames into one write).
+        self.on_batch_done: Callable[[], None] | None = None
+        self._store = store
+        send, receive = trio.open_memory_channel[_Job](queue_size)
+        self._send = send
+        self._receive = receive
+        # Held by whichever task is draining the queue: run(), or aclose() when run()
+        # is not running. There is only ever one consumer, so jobs keep their order.
+        self._serve_lock = trio.Lock()
+        # A private thread slot for commits. Reads use the default limiter, so a
+        # burst of slow reads cannot delay a commit waiting for a thread.
+        self._write_limiter = trio.CapacityLimiter(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit submitted jobs until ``aclose`` is called.
+
+        Start with ``await nursery.start(writer.run)``. Returns after ``aclose`` once
+        the queue is drained. If cancelled, a batch already taken off the queue is
+        still committed and its callbacks run. Jobs still queued stay queued for
+        ``aclose`` or a later ``run``.
+
+        Raises:
+            RuntimeError: another task is already running this writer.
+        """
+        if self._serve_lock.locked():
+            raise RuntimeError("StoreWriter is already being run by another task")
+        async with self._serve_lock:
+            task_status.started()
+            await self._serve()
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                first = await self._receive.receive()
+            except trio.EndOfChannel:
+                return
+            jobs = [first]
+            while True:
+                try:
+                    jobs.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            # These jobs have left the queue. Nobody else will ever commit them or call
+            # their callbacks, so finish the batch whatever happens to this task.
+            with trio.CancelScope(shield=True):
+                results = await trio.to_thread.run_sync(
+                    self._commit_jobs,
+                    jobs,
+                    abandon_on_cancel=False,
+                    limiter=self._write_limiter,
+                )
+            # Run callbacks synchronously, with no checkpoint in between. A
+            # cancellation cannot land between a commit and its callback, and
+            # callbacks from different batches cannot interleave.
+            for job, result in zip(jobs, results, strict=True):
+                try:
+                    job.on_done(result)
+                except Exception:
+                    logger.exception("store write callback %r raised", job.on_done)
+            if self.on_batch_done is not None:
+                try:
+                    self.on_batch_done()
+                except Exception:
+                    logger.exception("store batch callback raised")
+
+    def _commit_jobs(self, jobs: list[_Job]) -> list[Exception | None]:
+        # Runs in the worker thread. One thread hop per batch, retries included.
+        writes = [w for job in jobs for w in job.writes]
+        if not writes:
+            return [None] * len(jobs)
+        try:
+            self._store.write(writes)
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [exc]
+            logger.warning("batch of %d jobs failed (%s), retrying one by one", len(jobs), exc)
+        else:
+            return [None] * len(jobs)
+        results: list[Exception | None] = []
+        for job in jobs:
+            if not job.writes:
+                results.append(None)  # flush() markers have nothing to retry
+                continue
+            try:
+                self._store.write(job.writes)
+            except Exception as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    async def submit(self, writes: Sequence[Write], on_done: DoneCallback) -> None:
+        """Queue ``writes`` to be committed atomically, then ``on_done`` to be called.
+
+        ``on_done(None)`` runs after the commit, ``on_done(exc)`` if it failed. Either
+        way it runs from the writer task, in submission order. Waits only while the
+        queue is full.
+
+        Raises:
+            trio.ClosedResourceError: the writer has been closed.
+            TypeError: an item of ``writes`` is not a store write.
+        """
+        for item in writes:
+            if not isinstance(item, _WRITE_TYPES):
+                raise TypeError(f"not a store write: {item!r}")
+        await self._send.send(_Job(tuple(writes), on_done))
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """Submit ``writes`` and wait until they are committed.
+
+        If this call is cancelled after submitting, the writes are still committed
+        later. Cancelling only stops the waiting.
+
+        Raises:
+            StoreError: the commit failed; none of ``writes`` is stored.
+            trio.ClosedResourceError: the writer has been closed.
+        """
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
+
+        def on_done(exc: BaseException | None) -> None:
+            outcome.append(exc)
+            done.set()
+
+        await self.submit(writes, on_done)
+        await done.wait()
+        exc = outcome[0]
+        if exc is None:
+            return
+        if isinstance(exc, StoreError):
+            raise exc
+        raise StoreError(f"commit failed: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Wait until every job submitted before this call is committed (or failed).
+
+        Their callbacks have run by the time this returns. Does not raise for their
+        failures, which go to their callbacks.
+
+        Raises:
+            trio.ClosedResourceError: the writer has been closed.
+        """
+        # An empty job is a marker. Jobs complete in order, so once the marker's
+        # callback runs, everything queued before it is done.
+        done = trio.Event()
+        await self.submit((), lambda _exc: done.set())
+        await done.wait()
+
+    async def read_log(
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[LogEntry]:
+        """Run ``Store.read_log`` in a worker thread. Sees committed data only.
+
+        Returns:
+            The entries in ascending seq order (see ``Store.read_log``).
+
+        Raises:
+            StoreError: the store is closed or the query failed.
+        """
+
+        def read() -> list[LogEntry]:
+            return self._store.read_log(room, after=after, before=before, limit=limit)
+
+        # Abandoning a read on cancellation is harmless: it has no side effects.
+        return await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+
+    async def load_rooms(self) -> list[StoredRoom]:
+        """Run ``Store.load_rooms`` in a worker thread.
+
+        Returns:
+            All stored rooms ordered by name.
+
+        Raises:
+            StoreError: the store is closed or the query failed.
+        """
+        return await trio.to_thread.run_sync(self._store.load_rooms, abandon_on_cancel=True)
+
+    async def aclose(self) -> None:
+        """Stop accepting jobs, commit everything queued, stop ``run`` and close the Store.
+
+        Idempotent. Drains the queue itself if ``run`` is not running. If cancelled
+        while waiting for the drain, it still closes the Store. Any jobs a running
+        ``run`` has not committed by then fail with StoreError through their
+        callbacks.
+        """
+        # Closing the send side makes queued submit() calls raise ClosedResourceError.
+        # run() sees EndOfChannel once the queue is empty and returns.
+        self._send.close()
+        try:
+            async with self._serve_lock:
+                await self._serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._store.close)
