@@ -180,7 +180,8 @@ def status_of(raw: bytes) -> int:
 
 
 def front_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "daemon.front" and r.levelno >= logging.ERROR]
+    return [r for r in caplog.records
+            if r.name == "roomctl.daemon.front" and r.levelno >= logging.ERROR]
 
 
 # --------------------------------------------------------------------------- plain HTTP

@@ -58,3 +58,12 @@ def test_importing_the_engine_loads_no_io_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_engine_and_its_apps_do_not_log() -> None:
+    # The sans-IO engine reports what happened as facts among its effects
+    # (daemon.effects: RoomCreated, RoomRemoved...); the server logs them.
+    for path in SANS_IO:
+        imported = _imports(path)
+        assert "logging" not in imported, path
+        assert "getLogger" not in path.read_text(), path
