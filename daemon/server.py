@@ -211,7 +211,7 @@ class Daemon:
         self.counters = metrics.new_counters()
         # One throttle per kind of line that clients can cause at will (daemon.logs).
         started = trio.current_time()
-        self.refusals = LogThrottle(log, started)  # tokens, hellos, origins
+        self.refusals = LogThrottle(log, started)  # tokens, hellos, origins, addresses
         self.closes = LogThrottle(log, started)  # rate limit, slow consumer, keepalive
         self.visits = LogThrottle(log, started)  # rooms made by a visit, and their removal
 
@@ -775,10 +775,10 @@ async def _serve(
                 address = peer[0]
                 if max_per_address and per_address[address] >= max_per_address:
                     daemon.counters["address_limit_refusals"] += 1
-                    daemon.closes.info(trio.current_time(),
-                                       "refused a connection from %s: %d open already",
-                                       address, max_per_address,
-                                       extra={"event": "address-limit", "peer": address})
+                    daemon.refusals.info(trio.current_time(),
+                                         "refused a connection from %s: %d open already",
+                                         address, max_per_address,
+                                         extra={"event": "address-limit", "peer": address})
                     await refuse_connection(stream, 429, "too many connections from your address",
                                             tls=tls is not None)
                     return
@@ -816,7 +816,7 @@ async def _serve(
                                        (daemon.visits, "visit")):
                     throttle.flush(what)
                 if listening:  # (a start that failed says why itself)
-                        log.info("stopped after %.0f s; connections closed: %d; %s",
+                    log.info("stopped after %.0f s; connections closed: %d; %s",
                              daemon.now() - daemon.started_at, clients,
                              "store flushed" if flushed else "store NOT flushed in time",
                              extra={"event": "stopped", "clients": clients,

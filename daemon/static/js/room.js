@@ -23,6 +23,8 @@ const room = decodeURIComponent(location.pathname.replace(/^\/r\//, ''));
 // never send to the server; it is moved out of the address bar into this tab's storage.
 const TOKEN_KEY = `roomctl.token.${location.pathname}`;
 const token = readToken();
+// The answer of GET /v1/rooms/ROOM/access, once asked (see init and checkAccess).
+let accessCheck = Promise.resolve(null);
 const state = {
   conn: null,
   mesh: null,
@@ -72,15 +74,13 @@ async function init() {
       $('join-button').disabled = false;
     });
   });
-  // Ask before offering to join: a private room without a usable token gets a page that
-  // says so, not a join form whose every attempt is refused.
-  const access = await checkAccess();
-  if (access && !access.admitted) {
-    showInvitationNeeded(access);
-    return;
-  }
-  $('join-form').hidden = false;
   $('join-name').focus();
+  // Asked while the person types their name (no keystroke is lost to a hidden field): a
+  // private room without a usable token then gets a page that says so instead of the
+  // form, whose every attempt would be refused. join() waits for the answer too.
+  accessCheck = checkAccess();
+  const access = await accessCheck;
+  if (access && !access.admitted) showInvitationNeeded(access);
 }
 
 /**
@@ -144,6 +144,8 @@ async function openDevices(wanted) {
 }
 
 async function join() {
+  const access = await accessCheck;
+  if (access && !access.admitted) return; // the invitation page is showing instead
   const name = $('join-name').value.trim();
   if (!name) {
     setText('join-error', 'Choose a name first.');
