@@ -230,19 +230,33 @@ def test_file_layout_and_schema(db_path: pathlib.Path) -> None:
         conn.close()
 
 
-def test_a_version_1_database_is_migrated_keeping_its_rooms_and_log(
-        db_path: pathlib.Path) -> None:
+# The rooms table as each older schema version made it (the log table never changed).
+_OLD_ROOMS = {
+    1: "CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
+       "created_at REAL NOT NULL, meta BLOB NOT NULL)",
+    2: "CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
+       "created_at REAL NOT NULL, meta BLOB NOT NULL, private INTEGER NOT NULL DEFAULT 0)",
+}
+
+
+def old_database(db_path: pathlib.Path, version: int, *inserts: str) -> None:
+    """Write a database as schema ``version`` left it, holding the rows ``inserts`` add."""
     db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    conn = sqlite3.connect(db_path)  # the schema as version 1 made it
-    conn.execute("CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
-                 "created_at REAL NOT NULL, meta BLOB NOT NULL)")
+    conn = sqlite3.connect(db_path)
+    conn.execute(_OLD_ROOMS[version])
     conn.execute("CREATE TABLE log (room TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, "
                  "body BLOB NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID")
-    conn.execute("INSERT INTO rooms VALUES ('r', 'chat', 1.0, x'7b7d')")
-    conn.execute("INSERT INTO log VALUES ('r', 1, 2.0, x'00')")
-    conn.execute("PRAGMA user_version = 1")
+    for statement in inserts:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
+
+
+def test_a_version_1_database_is_migrated_keeping_its_rooms_and_log(
+        db_path: pathlib.Path) -> None:
+    old_database(db_path, 1, "INSERT INTO rooms VALUES ('r', 'chat', 1.0, x'7b7d')",
+                 "INSERT INTO log VALUES ('r', 1, 2.0, x'00')")
     store = Store.open(db_path)
     try:
         [loaded] = store.load_rooms()
@@ -256,19 +270,9 @@ def test_a_version_1_database_is_migrated_keeping_its_rooms_and_log(
 
 def test_a_version_2_database_is_migrated_and_its_rooms_stay_kept(
         db_path: pathlib.Path) -> None:
-    db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    conn = sqlite3.connect(db_path)  # the schema as version 2 made it
-    conn.execute("CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
-                 "created_at REAL NOT NULL, meta BLOB NOT NULL, "
-                 "private INTEGER NOT NULL DEFAULT 0)")
-    conn.execute("CREATE TABLE log (room TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, "
-                 "body BLOB NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID")
-    conn.execute("INSERT INTO rooms VALUES ('empty', 'chat', 1.0, x'7b7d', 0)")
-    conn.execute("INSERT INTO rooms VALUES ('secret', 'chat', 2.0, x'7b7d', 1)")
-    conn.execute("INSERT INTO log VALUES ('secret', 1, 2.0, x'00')")
-    conn.execute("PRAGMA user_version = 2")
-    conn.commit()
-    conn.close()
+    old_database(db_path, 2, "INSERT INTO rooms VALUES ('empty', 'chat', 1.0, x'7b7d', 0)",
+                 "INSERT INTO rooms VALUES ('secret', 'chat', 2.0, x'7b7d', 1)",
+                 "INSERT INTO log VALUES ('secret', 1, 2.0, x'00')")
     store = Store.open(db_path)
     try:
         # Rooms from before the empty-room rule were all kept: none becomes implicit.
