@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from daemon.core.engine import DEFAULT_EMPTY_TIMEOUT
 from protocol.limits import MAX_DISPLAY_NAME, MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
 
 DEFAULT_HOST = "127.0.0.1"
@@ -19,7 +20,10 @@ DB_FILE = "roomctl.db"
 ADMIN_TOKEN_FILE = "admin-token"
 LOCK_FILE = "lock"
 
-log = logging.getLogger("roomctl.daemon")
+log = logging.getLogger(__name__)
+
+
+_PATH_FIELDS = ("data_dir", "tls_cert", "tls_key")
 
 
 def default_data_dir() -> Path:
@@ -30,7 +34,11 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything ``serve`` needs; the CLI builds it from options and ``ROOMCTL_*`` variables."""
+    """Everything ``serve`` needs; the CLI builds it from options and ``ROOMCTL_*`` variables.
+
+    Path fields (``data_dir``, ``tls_cert``, ``tls_key``) also take a ``str`` (any
+    ``os.PathLike``); they hold a ``Path`` once built.
+    """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -39,6 +47,9 @@ class Config:
     memory: bool = False
     grace: float = 60.0  # seconds a dropped participant stays before it leaves
     auto_create: bool = True  # a hello to an unknown room creates it
+    # A room created by a hello (not by create-room) that never held a message, a topic or
+    # a pin is removed once it has had no session for this long; math.inf keeps it.
+    empty_timeout: float = DEFAULT_EMPTY_TIMEOUT
     handshake_timeout: float = 10.0  # from TCP accept to a valid hello
     head_timeout: float = 10.0  # to receive an HTTP request head
     max_head_bytes: int = 16 * 1024
@@ -71,6 +82,15 @@ class Config:
     # Chat limits, at most the protocol's (4000 and 64 characters).
     max_text: int = MAX_MESSAGE_TEXT
     max_name: int = MAX_DISPLAY_NAME
+
+    def __post_init__(self) -> None:
+        # A str here used to fail deep inside serve(); normalise every path field once.
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if not self.empty_timeout >= 0:
+            raise ValueError("empty_timeout must be 0 or more seconds (math.inf: never)")
 
     @property
     def db_path(self) -> Path | None:

@@ -19,6 +19,14 @@ acknowledgements and broadcasts of a message therefore leave only after its comm
 One connection's failure never reaches another: every handler catches at its boundary,
 logs once, and closes its own connection with a code that says why (1011 for our bugs).
 
+Logging (logger ``daemon.server``): one info line per event that changes what the
+daemon holds or whom it lets in: rooms created and removed (the engine's facts, see
+``daemon.effects``), kicks, join tokens issued (never a token itself), refused tokens and
+hellos, rate-limit, slow-consumer and keepalive closes, and a last "stopped" line; never a
+line per message. Lines that clients can cause at will go through a ``LogThrottle`` each.
+Every record carries its context in ``extra`` (``event``, and ``room``, ``session``,
+``peer``, ``conn`` where they apply), ready for a structured formatter.
+
 Queues, and what happens when each is full:
 * a connection's output (``wire.OutputStream``): over ``outbound_queue`` writes waiting
   for the socket, or no progress for ``send_timeout``: closed with 4011;
@@ -56,11 +64,27 @@ import msgspec
 import trio
 import trio_websocket
 
+from daemon import metrics
 from daemon.apps.api import App
 from daemon.config import ADMIN_TOKEN_FILE, AdminTokenFile, Config, lock_data_dir
 from daemon.core.access import Access
-from daemon.core.effects import CancelTimer, Close, ConnId, Effect, Persist, Query, Send, StartTimer
+from daemon.core.effects import (
+    AccessRefused,
+    CancelTimer,
+    Close,
+    ConnId,
+    Effect,
+    Fact,
+    ParticipantKicked,
+    Persist,
+    Query,
+    RoomCreated,
+    RoomRemoved,
+    Send,
+    StartTimer,
+)
 from daemon.core.engine import Engine
+from daemon.logs import LogThrottle
 from daemon.net import web, wire
 from daemon.net.front import (
     FrontLimits,
@@ -88,11 +112,17 @@ from protocol import (
 from protocol import admin as adm
 from protocol.messages import Error, Hello, Request, Welcome
 
-log = logging.getLogger("roomctl.daemon")
+log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 ROOM_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+ACCESS_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/access$")
 ADMIN_PATH = "/v1/admin"
+
+
+def _address(peer: tuple[str, int]) -> str:
+    host, port = peer
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(eq=False)
@@ -115,6 +145,10 @@ class Connection:
     on_close: Callable[[Connection], None] | None = None
     limiter: RequestLimiter | None = None  # None: not rate limited (or not yet welcomed)
     pings: Pings | None = None  # the keepalive sweeper's state, from its first visit
+    # Where its session is, once welcomed: the log still names them after the engine
+    # has let go of the connection (a close detaches it at once).
+    room: str | None = None
+    session: str | None = None
 
     def enqueue(self, payload: bytes) -> None:
         """Write one framed message; too much unwritten output closes it as a slow consumer."""
@@ -156,7 +190,8 @@ class Daemon:
         self.engine = Engine(apps, grace=config.grace, auto_create=config.auto_create,
                              server=f"roomctl/{VERSION}", require_tokens=config.require_tokens,
                              max_rooms=config.max_rooms,
-                             max_participants=config.max_participants)
+                             max_participants=config.max_participants,
+                             empty_timeout=config.empty_timeout)
         self.authority = Authority(ensure_join_secret(config.data_dir),
                                    admin_token=lambda: self.admin_token)
         room_types: tuple[type[Request], ...] = (*CORE_REQUESTS, *self.engine.request_types())
@@ -175,8 +210,12 @@ class Daemon:
         self._next_conn = 0
         self._clock_offset = time.time() - trio.current_time()
         self.started_at = self.now()
-        self.counters = {"connections_total": 0, "frames_in": 0, "frames_out": 0,
-                         "bad_frames": 0, "slow_consumers": 0}
+        self.counters = metrics.new_counters()
+        # One throttle per kind of line that clients can cause at will (daemon.logs).
+        started = trio.current_time()
+        self.refusals = LogThrottle(log, started)  # tokens, hellos, origins, addresses
+        self.closes = LogThrottle(log, started)  # rate limit, slow consumer, keepalive
+        self.visits = LogThrottle(log, started)  # rooms made by a visit, and their removal
 
     @property
     def admin_token(self) -> str:
@@ -216,6 +255,40 @@ class Daemon:
                 scope = self.timers.pop(effect.key, None)
                 if scope is not None:
                     scope.cancel()
+            else:
+                self._note(effect)
+
+    def _note(self, fact: Fact) -> None:
+        """Log (and count) what the engine reports having done."""
+        now = trio.current_time()
+        if isinstance(fact, RoomCreated):
+            self.counters["rooms_created"] += 1
+            if fact.implicit:
+                self.visits.info(now, "room %r created by a visit", fact.room,
+                                 extra={"event": "room-created", "room": fact.room,
+                                        "implicit": True})
+            else:
+                log.info("room %r created", fact.room,
+                         extra={"event": "room-created", "room": fact.room, "implicit": False})
+        elif isinstance(fact, RoomRemoved):
+            if fact.reason == "expired":
+                self.counters["rooms_expired"] += 1
+                self.visits.info(now, "room %r removed: made by a visit, never used, and empty",
+                                 fact.room, extra={"event": "room-expired", "room": fact.room})
+            else:
+                log.info("room %r deleted", fact.room,
+                         extra={"event": "room-deleted", "room": fact.room})
+        elif isinstance(fact, ParticipantKicked):
+            log.info("participant %s kicked from room %r", fact.session, fact.room,
+                     extra={"event": "kicked", "room": fact.room, "session": fact.session})
+        elif isinstance(fact, AccessRefused):
+            self.counters["refused_hellos"] += 1
+            conn = self.connections.get(fact.conn)
+            peer = _address(conn.peer) if conn is not None else "?"
+            self.refusals.info(now, "refused a hello to room %r from %s: %s", fact.room, peer,
+                               fact.message, extra={"event": "hello-refused", "room": fact.room,
+                                                    "peer": peer, "conn": fact.conn,
+                                                    "code": str(fact.code)})
 
     def _committed(self, effect: Persist) -> Any:
         def on_done(exc: BaseException | None) -> None:
@@ -245,7 +318,7 @@ class Daemon:
                 conn.out.cork()
                 self._corked.append(conn)
             conn.enqueue(payload)
-        self.counters["frames_out"] += len(effect.to)
+        self.counters["frames_sent"] += len(effect.to)
 
     def _batch_done(self) -> None:
         corked, self._corked = self._corked, None
@@ -297,21 +370,52 @@ class Daemon:
                                "connections": len(self.connections)})
         if request.path == "/metrics":
             return HttpResponse(200, self._metrics().encode(),
-                                content_type="text/plain; version=0.0.4")
+                                content_type="text/plain; version=0.0.4; charset=utf-8")
+        access = ACCESS_PATH.match(request.path)
+        if access is not None:
+            return self._room_access(request, access.group(1))
         if ROOM_PATH.match(request.path) or request.path == ADMIN_PATH:
             return _json(426, {"error": "this endpoint speaks WebSocket"},
                          headers=(("Upgrade", "websocket"),))
         return _json(404, {"error": "not found"})
 
     def _metrics(self) -> str:
-        lines = [
-            f"roomctl_rooms {len(self.engine.rooms)}",
-            f"roomctl_connections {len(self.connections)}",
-            f"roomctl_sessions {sum(len(r.sessions) for r in self.engine.rooms.values())}",
-            f"roomctl_uptime_seconds {self.now() - self.started_at:.0f}",
-        ]
-        lines += [f"roomctl_{name} {value}" for name, value in self.counters.items()]
-        return "\n".join(lines) + "\n"
+        gauges = {
+            "rooms": len(self.engine.rooms),
+            "connections": len(self.connections),
+            "sessions": sum(len(r.sessions) for r in self.engine.rooms.values()),
+            "start_time_seconds": round(self.started_at, 3),
+        }
+        return metrics.exposition(self.counters, gauges)
+
+    def _room_access(self, request: HttpRequest, room: str) -> HttpResponse:
+        """Answer whether a hello to ``room`` would be let in with the request's token.
+
+        The token comes as ``Authorization: Bearer TOKEN`` (never in the URL, where
+        proxies and logs keep it). The room page asks this before it shows its join form.
+        The answer says no more than a hello would: room limits are not looked at.
+        """
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else ""
+        body: dict[str, Any] = {"room": room, "private": self.engine.is_private(room),
+                                "admitted": True}
+        try:
+            access = self.authority.check(token or None)
+        except ProtocolError as exc:
+            self._refused_token(request.peer, exc.message)
+            body.update(admitted=False, code=str(exc.code), message=exc.message)
+        else:
+            try:
+                self.engine.check_access(room, access)
+            except ProtocolError as exc:
+                body.update(admitted=False, code=str(exc.code), message=exc.message)
+        return _json(200, body, headers=(("Cache-Control", "no-store"),))
+
+    def _refused_token(self, peer: tuple[str, int], reason: str) -> None:
+        self.counters["refused_tokens"] += 1
+        where = _address(peer)
+        self.refusals.info(trio.current_time(), "refused a token from %s: %s", where, reason,
+                           extra={"event": "token-refused", "peer": where})
 
     # --- WebSocket -------------------------------------------------------------------------
 
@@ -327,7 +431,10 @@ class Daemon:
                                                      self.config.allowed_origins):
             # Before accept: a page from another site must not get a session at all.
             self.counters["origins_refused"] += 1
-            log.info("refused a WebSocket from origin %r (peer %s)", origin[:100], request.peer)
+            where = _address(request.peer)
+            self.refusals.info(trio.current_time(), "refused a WebSocket from origin %r (peer %s)",
+                               origin[:100], where, extra={"event": "origin-refused",
+                                                           "peer": where})
             await ws_request.reject(403, body=b'{"error":"origin not allowed"}')
             return
         offered = list(ws_request.proposed_subprotocols)
@@ -345,7 +452,7 @@ class Daemon:
         out.on_stall = lambda: conn.close(CloseCode.SLOW_CONSUMER, "the peer stopped reading",
                                           flush=False)
         self.connections[conn.id] = conn
-        self.counters["connections_total"] += 1
+        self.counters["connections_accepted"] += 1
         try:
             with conn.reader_scope:
                 try:
@@ -379,7 +486,8 @@ class Daemon:
     async def _finish(self, conn: Connection) -> None:
         """Close the WebSocket: after what is queued, or at once for a slow consumer."""
         if conn.close_code == CloseCode.SLOW_CONSUMER:
-            self.counters["slow_consumers"] += 1
+            self.counters["slow_consumer_closes"] += 1
+            self._log_close(conn, "slow-consumer")
         if not conn.flush_before_close:
             conn.out.discard_pending()
         await conn.ws.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
@@ -388,7 +496,7 @@ class Daemon:
         """Return the next valid frame; answers bad ones and closes after too many."""
         while True:
             data = await conn.ws.get_message()
-            self.counters["frames_in"] += 1
+            self.counters["frames_received"] += 1
             try:
                 return codec.decode(data)
             except ProtocolError as exc:
@@ -425,6 +533,7 @@ class Daemon:
             await self.apply(self.engine.hello(conn.id, room, hello, self.now(), access))
             if conn.close_code is not None:
                 return
+        conn.room, conn.session = room, self.engine.conns[conn.id].id
         conn.limiter = self._limiter(access)
         while True:
             frame = await self._receive(conn, codec)
@@ -468,7 +577,7 @@ class Daemon:
         try:
             return self.authority.check(hello.token)
         except ProtocolError as exc:
-            self.counters["refused_tokens"] = self.counters.get("refused_tokens", 0) + 1
+            self._refused_token(conn.peer, exc.message)
             self.apply_now([Send((conn.id,), Error(ref=hello.ref, code=exc.code,
                                                    message=exc.message))])
             conn.close(CloseCode.UNAUTHORIZED, exc.message[:120])
@@ -483,6 +592,12 @@ class Daemon:
         token, expires_at = self.authority.issue(room=frame.room, identity=frame.identity,
                                                  name=frame.name, grants=list(frame.grants),
                                                  ttl=frame.ttl, now=self.now())
+        self.counters["tokens_issued"] += 1
+        grants = ",".join(sorted(set(frame.grants)))
+        log.info("issued a join token for room %r to identity %r (grants %s, valid %g s)",
+                 frame.room, frame.identity, grants, frame.ttl,
+                 extra={"event": "token-issued", "room": frame.room,
+                        "identity": frame.identity, "grants": grants, "expires_at": expires_at})
         return [Send((conn.id,), adm.TokenIssued(
             ref=frame.ref, token=token, room=frame.room, identity=frame.identity,
             grants=sorted(set(frame.grants)), expires_at=expires_at))]
@@ -517,6 +632,7 @@ class Daemon:
         if verdict is Verdict.CLOSE:
             self.counters["rate_limit_closes"] += 1
             conn.close(CloseCode.POLICY_VIOLATION, "too many requests")
+            self._log_close(conn, "rate-limit")
         return False
 
     async def keepalive(self) -> None:
@@ -539,6 +655,22 @@ class Daemon:
                     self.counters["ping_timeouts"] += 1
                     conn.close(CloseCode.INTERNAL_ERROR,
                                f"keepalive ping timeout: no pong in {timeout:g} s", flush=False)
+                    self._log_close(conn, "ping-timeout")
+
+    _CLOSE_REASONS = {
+        "rate-limit": "kept sending over the rate limit (1008)",
+        "slow-consumer": "too slow reading what it is sent (4011)",
+        "ping-timeout": "no answer to a keepalive ping (1011)",
+    }
+
+    def _log_close(self, conn: Connection, why: str) -> None:
+        """Log (throttled) that the daemon closed ``conn`` for ``why``, a _CLOSE_REASONS key."""
+        where = _address(conn.peer)
+        self.closes.info(trio.current_time(), "closed connection %d from %s%s: %s", conn.id,
+                         where, f" in room {conn.room!r}" if conn.room else "",
+                         self._CLOSE_REASONS[why],
+                         extra={"event": f"closed-{why}", "conn": conn.id, "peer": where,
+                                "room": conn.room, "session": conn.session})
 
     # --- shutdown --------------------------------------------------------------------------
 
@@ -629,10 +761,9 @@ async def _serve(
         await nursery.start(run_writer)
         handlers: trio.Nursery = await nursery.start(run_handlers)
         daemon = Daemon(config, apps, handlers, writer, admin_token)
-        daemon.counters.update(rate_limited=0, rate_limit_closes=0, ping_timeouts=0,
-                               origins_refused=0, connections_refused_per_address=0)
+        listening = False
         try:
-            daemon.engine.restore(await writer.load_rooms())
+            daemon.apply_now(daemon.engine.restore(await writer.load_rooms(), daemon.now()))
             limits = FrontLimits(max_head_bytes=config.max_head_bytes,
                                  head_timeout=config.head_timeout,
                                  max_message_size=config.max_frame_bytes)
@@ -645,7 +776,11 @@ async def _serve(
                 peer = peer_of(stream)
                 address = peer[0]
                 if max_per_address and per_address[address] >= max_per_address:
-                    daemon.counters["connections_refused_per_address"] += 1
+                    daemon.counters["address_limit_refusals"] += 1
+                    daemon.refusals.info(trio.current_time(),
+                                         "refused a connection from %s: %d open already",
+                                         address, max_per_address,
+                                         extra={"event": "address-limit", "peer": address})
                     await refuse_connection(stream, 429, "too many connections from your address",
                                             tls=tls is not None)
                     return
@@ -667,14 +802,27 @@ async def _serve(
                      "rooms in memory" if config.memory else f"rooms in {config.db_path}",
                      config.data_dir / ADMIN_TOKEN_FILE)
             task_status.started(address)
+            listening = True
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
+                clients = len(daemon.connections)
                 await daemon.shutdown()
                 handler_scope.cancel()  # timers, queries, idle HTTP keep-alives, keepalive
+                flushed = False
                 with trio.move_on_after(config.shutdown_timeout):
                     await writer.aclose()
+                    flushed = True
                 writer_scope.cancel()
+                for throttle, what in ((daemon.refusals, "refusal"), (daemon.closes, "close"),
+                                       (daemon.visits, "visit")):
+                    throttle.flush(what)
+                if listening:  # (a start that failed says why itself)
+                    log.info("stopped after %.0f s; connections closed: %d; %s",
+                             daemon.now() - daemon.started_at, clients,
+                             "store flushed" if flushed else "store NOT flushed in time",
+                             extra={"event": "stopped", "clients": clients,
+                                    "flushed": flushed})
             nursery.cancel_scope.cancel()
 
 

@@ -92,6 +92,12 @@ def serve(
         typer.Option("--auto-create/--no-auto-create", envvar="ROOMCTL_AUTO_CREATE",
                      help="Create a room when someone first joins it."),
     ] = True,
+    empty_timeout: Annotated[
+        float,
+        typer.Option(envvar="ROOMCTL_EMPTY_TIMEOUT", min=0.0,
+                     help="Seconds a room made by joining it, and never used (no message, "
+                          "topic or pin), stays once empty; 'inf' keeps it."),
+    ] = 300.0,
     log_level: Annotated[
         str,
         typer.Option(envvar="ROOMCTL_LOG_LEVEL", help="debug, info, warning or error."),
@@ -237,6 +243,7 @@ def serve(
         memory=memory,
         grace=grace,
         auto_create=auto_create,
+        empty_timeout=empty_timeout,
         tls_cert=tls_cert,
         tls_key=tls_key,
         rate_limit=rate_limit,

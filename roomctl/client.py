@@ -35,7 +35,7 @@ from protocol.chat import CHAT_EVENTS
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
 
-log = logging.getLogger("roomctl.client")
+log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8750"
 CLIENT_MAX_FRAME = 16 * 1024 * 1024

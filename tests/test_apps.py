@@ -25,7 +25,7 @@ import trio_websocket
 import daemon
 from daemon.apps.api import App, Context
 from daemon.apps.chat import ChatApp
-from daemon.core.effects import Effect, Persist, Send
+from daemon.core.effects import Effect, Persist, RoomCreated, Send
 from daemon.core.engine import Engine
 from daemon.core.records import PutRoom, StoredRoom
 from protocol import ErrorCode, Event, ProtocolError, Request
@@ -185,7 +185,8 @@ def polling() -> Engine:
     """A poll room "lunch" made by an admin; Alice (s1) and Bob (s2) are in it."""
     engine = make_engine()
     created = engine.admin(ADMIN, adm.CreateRoom(room="lunch", app="poll", meta=LUNCH), T0)
-    assert len(created) == 1 and isinstance(created[0], Persist)
+    assert created[1:] == [RoomCreated("lunch", implicit=False)]
+    assert isinstance(created[0], Persist)
     assert created[0].writes == (put_poll(LUNCH_META),)
     assert commit(created[0]) == [
         Send((ADMIN,), adm.RoomDetails(room=RoomInfo(name="lunch", app="poll", created_at=T0,

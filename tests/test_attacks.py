@@ -251,7 +251,7 @@ async def test_a_connection_flood_from_one_address_is_turned_away_at_once(
     served = [(t, a) for t, a in answers if a.startswith(b"HTTP/1.1 101 ")]
     told = [(t, a) for t, a in answers if a.startswith(b"HTTP/1.1 429 ")]
     others = [(t, a) for t, a in answers if (t, a) not in served and (t, a) not in told]
-    refused = await metric(sp, "connections_refused_per_address")
+    refused = await metric(sp, "address_limit_refusals_total")
     slowest_refusal = max(t for t, _ in told)
     print(f"\nflood: {flood} connections from one address: {len(served)} served (then closed "
           f"by the handshake timeout), {refused} refused ({len(told)} saw the 429 answer, "

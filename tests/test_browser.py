@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from typing import Any
@@ -25,6 +27,7 @@ import trio_websocket
 from playwright.sync_api import Browser, BrowserContext
 
 from daemon.config import read_admin_token
+from daemon.tokens import Authority, ensure_join_secret
 from tests.browser_util import (
     WAIT,
     RoomPage,
@@ -229,6 +232,47 @@ async def test_other_paths_keep_their_json_answers(server: Server) -> None:
     assert (status, json.loads(body)) == (404, {"error": "not found"})
     status, _, _ = await fetch(server, "/v1/rooms/demo")
     assert status == 426
+
+
+async def test_the_access_check_answers_as_a_hello_would_and_takes_the_token_from_a_header(
+    server: Server, connect: Callable[..., Any]
+) -> None:
+    async with connect(path="/v1/admin") as admin:
+        await admin.hello("admin", token=server.admin_token)
+        for room, private in (("vault", True), ("annex", True), ("square", False)):
+            reply = await admin.request({"type": "create-room", "room": room,
+                                         "private": private})
+            assert reply["type"] == "room"
+    signer = Authority(ensure_join_secret(server.data_dir), admin_token=lambda: "x")
+
+    def token(room: str, **kw: Any) -> str:
+        return signer.issue(room=room, identity="eve", name=None, grants=["join"],
+                            ttl=kw.get("ttl", 600), now=kw.get("now"))[0]
+
+    async def access(room: str, bearer: str | None = None, query: str = "") -> Any:
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        status, headers_, body = await fetch(server, f"/v1/rooms/{room}/access{query}",
+                                             headers=headers)
+        assert status == 200 and headers_["cache-control"] == "no-store"
+        return json.loads(body)
+
+    assert await access("square") == {"room": "square", "private": False, "admitted": True}
+    assert await access("not-yet") == {"room": "not-yet", "private": False, "admitted": True}
+    assert await access("vault") == {
+        "room": "vault", "private": True, "admitted": False, "code": "unauthorized",
+        "message": "room 'vault' needs a join token"}
+    assert (await access("vault", token("vault")))["admitted"] is True
+    assert (await access("vault", server.admin_token))["admitted"] is True
+    expired = await access("vault", token("vault", ttl=60, now=time.time() - 3600))
+    assert (expired["admitted"], expired["code"], expired["message"]) == \
+        (False, "unauthorized", "the token has expired")
+    other = await access("vault", token("annex"))
+    assert (other["admitted"], other["code"]) == (False, "forbidden")
+    assert "for room 'annex'" in other["message"]
+    # A token in the URL is not read (URLs end up in logs and histories).
+    assert (await access("vault", query=f"?token={token('vault')}"))["admitted"] is False
+    _, _, body = await fetch(server, "/metrics")
+    assert re.search(r"^roomctl_refused_tokens_total 1$", body.decode(), re.M)
 
 
 # --- in Chromium ---------------------------------------------------------------------------------
@@ -592,18 +636,37 @@ def test_roomctl_post_tail_and_who_meet_the_page(
     assert json.loads(who.stdout) == []
 
 
+def _counter(daemon: ServeProcess, name: str) -> float:
+    with urllib.request.urlopen(f"{daemon.http}/metrics", timeout=WAIT) as response:
+        text = response.read().decode()
+    found = re.search(rf"^roomctl_{name}_total (\S+)$", text, re.M)
+    assert found, name
+    return float(found.group(1))
+
+
+def _no_way_to_chat(page: RoomPage) -> None:
+    """Assert the page offers nothing to type into or press but the way back."""
+    for selector in ("#join-form", "#room-screen", "#compose-text", "#people", "#topic-edit",
+                     "#status-form"):
+        expect(page.page.locator(selector)).to_be_hidden()
+    expect(page.page.get_by_role("link", name="Back to the lobby")).to_be_visible()
+    assert page.page.evaluate("window.roomctl.screen()") == "invite-screen"
+    assert page.state()["welcomes"] == 0
+
+
 def test_an_invitation_link_carries_the_join_token_of_a_private_room(
     contexts: Callable[..., BrowserContext], serve_process: Callable[..., ServeProcess]
 ) -> None:
     daemon = serve_process("--require-tokens")
     eve = RoomPage(contexts(), daemon.http, "private", "eve")
-    eve.page.get_by_label("Your name").fill("eve")
-    eve.page.get_by_label("Use my camera and microphone").uncheck()
-    eve.page.get_by_role("button", name="Join room").click()
-    # Refused once, with the daemon's reason, and no retrying.
-    expect(eve.page.locator("#room-closed")).to_contain_text("token")
-    expect(eve.page.locator("#conn-state")).not_to_have_text("Reconnecting\u2026")
-    assert eve.state()["welcomes"] == 0
+    # Without a token: a page that says what is needed, at once; no empty room, no form.
+    expect(eve.page.get_by_role("heading", name="This room needs an invitation link")) \
+        .to_be_visible()
+    expect(eve.page.locator("#invite-reason")).to_have_text(
+        "\u201cprivate\u201d is a private room: only people with an invitation link can join it.")
+    _no_way_to_chat(eve)
+    eve.page.screenshot(path=str(artifacts_dir() / "invitation-needed.png"))
+    assert _counter(daemon, "connections_accepted") == 0  # it did not even try
 
     made = _roomctl("token", "create", "--room", "private", "--identity", "alice",
                     "--name", "alice", "--url", daemon.http, "--data-dir", str(daemon.data_dir))
@@ -615,6 +678,53 @@ def test_an_invitation_link_carries_the_join_token_of_a_private_room(
     expect(alice.person("alice")).to_be_visible()
     alice.send("only invited people here")
     expect_message(alice, "alice", "only invited people here")
+
+
+@pytest.mark.parametrize("kind", ["expired", "other-room"])
+def test_an_invitation_link_that_cannot_be_used_says_why(
+    contexts: Callable[..., BrowserContext], serve_process: Callable[..., ServeProcess],
+    kind: str,
+) -> None:
+    daemon = serve_process("--require-tokens")
+    signer = Authority(ensure_join_secret(daemon.data_dir), admin_token=lambda: "x")
+    if kind == "expired":
+        token = signer.issue(room="private", identity="late", name=None, grants=["join"],
+                             ttl=60, now=time.time() - 3600)[0]
+        title, reason = "This invitation link has expired", "the token has expired"
+    else:
+        token = signer.issue(room="elsewhere", identity="lost", name=None, grants=["join"],
+                             ttl=600)[0]
+        title, reason = "This invitation link does not open this room", "for room 'elsewhere'"
+    page = RoomPage(contexts(), daemon.http, "private", "late", fragment=f"#token={token}")
+
+    expect(page.page.get_by_role("heading", name=title)).to_be_visible()
+    expect(page.page.locator("#invite-reason")).to_contain_text(reason)
+    expect(page.page.locator("#invite-hint")).to_contain_text("new invitation link")
+    _no_way_to_chat(page)
+    # The refused token is forgotten, so a new link opened in this tab is the one used.
+    assert page.page.evaluate("sessionStorage.length") == 0
+    assert page.errors == []
+
+
+def test_a_hello_refused_at_the_door_ends_on_the_invitation_page(
+    contexts: Callable[..., BrowserContext], serve_process: Callable[..., ServeProcess]
+) -> None:
+    daemon = serve_process("--require-tokens")
+    context = contexts()
+    # The one stand-in: the access check answers 502, as a proxy that does not know the
+    # path might. The page then offers to join, and the real daemon's refusal decides.
+    context.route("**/v1/rooms/private/access",
+                  lambda route: route.fulfill(status=502, body="bad gateway"))
+    eve = RoomPage(context, daemon.http, "private", "eve")
+    eve.page.get_by_label("Your name").fill("eve")
+    eve.page.get_by_label("Use my camera and microphone").uncheck()
+    eve.page.get_by_role("button", name="Join room").click()
+
+    expect(eve.page.get_by_role("heading", name="This room needs an invitation link")) \
+        .to_be_visible()
+    _no_way_to_chat(eve)
+    expect(eve.page.locator("#conn-state")).to_have_text("")  # no "Reconnecting..." either
+    assert _counter(daemon, "refused_hellos") == 1
 
 
 class _Lines:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import pathlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -474,7 +476,9 @@ async def slow_consumer_scenario(connect: Connect, srv: Server) -> SlowConsumerO
 
 
 async def test_a_slow_consumer_is_dropped_while_the_room_goes_on(
-        connect: Connect, make_config: Callable[..., daemon.Config]) -> None:
+        connect: Connect, make_config: Callable[..., daemon.Config],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="daemon")
     async with running_server(make_config(outbound_queue=8)) as srv:
         outcome = await slow_consumer_scenario(connect, srv)
     posted = [f["message"] for f in outcome.received if f["type"] == "message-posted"]
@@ -482,7 +486,10 @@ async def test_a_slow_consumer_is_dropped_while_the_room_goes_on(
     assert [m["seq"] for m in posted] == list(range(1, len(outcome.sent) + 1))
     assert [m["text"] for m in posted] == outcome.sent
     # The daemon counted it as a slow consumer (the 4011 path), and only that one.
-    assert outcome.metrics["roomctl_slow_consumers"] == "1"
+    assert outcome.metrics["roomctl_slow_consumer_closes_total"] == "1"
+    # ...and said so once in its log, naming the room.
+    [line] = [r for r in caplog.records if getattr(r, "event", "") == "closed-slow-consumer"]
+    assert line.room == "slow" and "too slow reading" in line.getMessage()
 
 
 async def test_a_slow_consumer_sees_close_code_4011(
@@ -723,3 +730,27 @@ async def test_history_topic_and_pins_survive_a_restart(
 
             ok = await bob.request({"type": "send-message", "text": "fourth"})
             assert ok["seq"] == 4
+
+
+# --- embedding ------------------------------------------------------------------------------
+
+
+async def test_config_takes_str_paths_as_an_embedding_program_would_give_them(
+        connect: Connect, tmp_path: pathlib.Path) -> None:
+    # A str used to pass the constructor and fail deep inside serve().
+    data_dir = str(tmp_path / "from-a-string")
+    config = daemon.Config(port=0, data_dir=data_dir, tls_cert=None)
+    assert config.data_dir == pathlib.Path(data_dir)
+    tls = daemon.Config(tls_cert="cert.pem", tls_key="key.pem")
+    assert (tls.tls_cert, tls.tls_key) == (pathlib.Path("cert.pem"), pathlib.Path("key.pem"))
+
+    async with embedded(config) as running:
+        async with connect("kept", target=running.server) as alice:
+            await alice.hello("alice")
+            assert (await alice.request({"type": "send-message", "text": "on disk"}))["seq"] == 1
+    assert (pathlib.Path(data_dir) / "roomctl.db").exists()
+
+
+def test_config_refuses_a_negative_empty_timeout() -> None:
+    with pytest.raises(ValueError, match="empty_timeout"):
+        daemon.Config(empty_timeout=-1)

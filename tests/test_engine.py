@@ -18,7 +18,19 @@ import pytest
 
 from daemon.apps.api import App, Context
 from daemon.apps.chat import ChatApp
-from daemon.core.effects import CancelTimer, Close, Effect, Persist, Query, Send, StartTimer
+from daemon.core.effects import (
+    AccessRefused,
+    CancelTimer,
+    Close,
+    Effect,
+    ParticipantKicked,
+    Persist,
+    Query,
+    RoomCreated,
+    RoomRemoved,
+    Send,
+    StartTimer,
+)
 from daemon.core.engine import Engine
 from daemon.core.records import AppendLog, LogEntry, PutRoom, StoredRoom
 from daemon.core.records import DeleteRoom as DeleteRoomRecord
@@ -141,9 +153,12 @@ def post(engine: Engine, conn: int, text: str, now: float, ref: str | None = Non
 
 
 def admin_create(engine: Engine, room: str, *, app: str = "chat",
-                 meta: dict[str, Any] | None = None, now: float = T0) -> list[Effect]:
-    effects = engine.admin(ADMIN, adm.CreateRoom(room=room, app=app, meta=meta), now)
-    return commit(only_persist(effects))
+                 meta: dict[str, Any] | None = None, now: float = T0,
+                 private: bool = False) -> list[Effect]:
+    effects = engine.admin(ADMIN, adm.CreateRoom(room=room, app=app, meta=meta,
+                                                 private=private), now)
+    assert effects[1:] == [RoomCreated(room, implicit=False)], effects
+    return commit(effects[0])
 
 
 @pytest.fixture
@@ -171,7 +186,9 @@ def test_first_hello_creates_the_room_persists_it_and_welcomes(engine: Engine) -
 
     assert effects == [
         Persist((PutRoom(name=ROOM, app="chat", created_at=T0,
-                         meta=msgspec.json.encode(ChatRoomMeta(creator="alice"))),)),
+                         meta=msgspec.json.encode(ChatRoomMeta(creator="alice")),
+                         implicit=True),)),
+        RoomCreated(ROOM, implicit=True),
         Send((ALICE,), Welcome(ref="h1", session_id="s1", resume_token="token-1",
                                resumed=False, room=chat_room(participants=1),
                                participants=[ALICE_VIEW], grace=GRACE,
@@ -444,6 +461,208 @@ def test_a_participant_in_grace_still_holds_its_place(engine: Engine) -> None:
     assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Welcome)
 
 
+def test_create_room_above_the_daemons_participant_cap_is_refused_naming_the_cap() -> None:
+    engine = make_engine(max_participants=100)
+
+    assert engine.admin(ADMIN, adm.CreateRoom(room=ROOM, meta={"max_participants": 500},
+                                              ref="c"), T0) == [
+        error(ADMIN, ErrorCode.BAD_REQUEST, "c",
+              "max_participants 500 is over this daemon's cap of 100 participants per room")
+    ]
+    assert engine.rooms == {}
+    admin_create(engine, ROOM, meta={"max_participants": 100})  # the cap itself is fine
+
+
+def test_the_lower_of_the_room_limit_and_the_daemon_cap_applies() -> None:
+    engine = make_engine(max_participants=1)
+    # A room stored before the cap was lowered keeps its own, higher, limit on disk.
+    engine.restore([StoredRoom(name=ROOM, app="chat", created_at=T0, last_seq=0,
+                               meta=msgspec.json.encode(ChatRoomMeta(max_participants=5)))])
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+
+    assert engine.hello(BOB, ROOM, Hello(name="bob", ref="h"), T0 + 1) == [
+        error(BOB, ErrorCode.ROOM_FULL, "h", "the room is full (1 participants)")
+    ]
+
+
+# --- rooms made by a visit, and their removal once empty -----------------------------------------
+
+EMPTY = 120.0  # the empty timeout of these tests
+
+
+def visited() -> Engine:
+    """Alice's visit (conn 1, s1) made the lobby; she is its only participant."""
+    engine = make_engine(empty_timeout=EMPTY)
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+    return engine
+
+
+def test_a_room_made_by_a_visit_is_removed_after_staying_empty() -> None:
+    engine = visited()
+    engine.disconnect(ALICE, T0 + 10)
+
+    # The participant in its grace period still holds the room; its end starts the wait.
+    assert engine.timer_fired(("grace", "s1"), T0 + 10 + GRACE) == [
+        StartTimer(("empty", ROOM), T0 + 10 + GRACE + EMPTY),
+    ]
+    effects = engine.timer_fired(("empty", ROOM), T0 + 10 + GRACE + EMPTY)
+
+    assert effects == [Persist((DeleteRoomRecord(name=ROOM),)), RoomRemoved(ROOM, "expired")]
+    assert ROOM not in engine.rooms
+
+
+def test_a_visit_before_the_timeout_keeps_the_room() -> None:
+    engine = visited()
+    engine.request(ALICE, Leave(), T0 + 5)
+
+    effects = engine.hello(BOB, ROOM, Hello(name="bob", ref="h"), T0 + 6)
+
+    assert effects[0] == CancelTimer(("empty", ROOM))
+    assert isinstance(effects[1], Send) and isinstance(effects[1].frame, Welcome)
+    assert engine.timer_fired(("empty", ROOM), T0 + 5 + EMPTY) == []  # stale: a no-op
+    assert ROOM in engine.rooms
+
+
+def test_leaving_the_room_empty_starts_the_wait_at_once() -> None:
+    engine = visited()
+
+    assert engine.request(ALICE, Leave(ref="l"), T0 + 5) == [
+        Send((ALICE,), Ok(ref="l")),
+        StartTimer(("empty", ROOM), T0 + 5 + EMPTY),
+        Close(ALICE, CloseCode.NORMAL, ANY),
+    ]
+
+
+def test_a_hidden_observer_keeps_the_room_alive_while_connected() -> None:
+    engine = visited()
+    engine.hello(OBSERVER, ROOM, Hello(hidden=True), T0 + 1)
+    engine.request(ALICE, Leave(), T0 + 2)  # no timer: the observer is still there
+
+    assert engine.disconnect(OBSERVER, T0 + 3) == [StartTimer(("empty", ROOM), T0 + 3 + EMPTY)]
+
+
+def test_a_kick_that_empties_the_room_starts_the_wait() -> None:
+    engine = visited()
+
+    effects = engine.admin(ADMIN, adm.Kick(room=ROOM, participant_id="s1", ref="k"), T0 + 1)
+
+    assert StartTimer(("empty", ROOM), T0 + 1 + EMPTY) in effects
+
+
+@pytest.mark.parametrize("use", ["message", "topic"])  # (a pin needs a message first)
+def test_a_room_that_was_used_is_kept_when_empty(use: str) -> None:
+    engine = visited()
+    if use == "message":
+        post(engine, ALICE, "hello", T0 + 1)
+    else:
+        persist = only_persist(engine.request(ALICE, SetTopic(topic="plans"), T0 + 1))
+        # The metadata write records that the room is no longer implicit.
+        [write] = persist.writes
+        assert isinstance(write, PutRoom) and write.implicit is False
+        commit(persist)
+
+    assert engine.request(ALICE, Leave(ref="l"), T0 + 3) == [
+        Send((ALICE,), Ok(ref="l")), Close(ALICE, CloseCode.NORMAL, ANY),
+    ]
+
+
+def test_a_room_made_with_create_room_is_kept_when_empty() -> None:
+    engine = make_engine(empty_timeout=EMPTY)
+    admin_create(engine, ROOM)
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0 + 1)
+
+    assert engine.request(ALICE, Leave(ref="l"), T0 + 2) == [
+        Send((ALICE,), Ok(ref="l")), Close(ALICE, CloseCode.NORMAL, ANY),
+    ]
+
+
+def test_create_room_if_missing_adopts_a_waiting_room_and_stops_the_wait() -> None:
+    engine = visited()
+    engine.request(ALICE, Leave(), T0 + 1)
+
+    effects = engine.admin(ADMIN, adm.CreateRoom(room=ROOM, if_missing=True, ref="c"), T0 + 2)
+
+    assert effects[0] == CancelTimer(("empty", ROOM))
+    [write] = only_persist(effects[1:]).writes
+    assert isinstance(write, PutRoom) and write.implicit is False
+    assert engine.timer_fired(("empty", ROOM), T0 + 1 + EMPTY) == []
+    assert ROOM in engine.rooms
+
+
+def test_deleting_a_waiting_room_cancels_its_timer() -> None:
+    engine = visited()
+    engine.request(ALICE, Leave(), T0 + 1)
+
+    effects = engine.admin(ADMIN, adm.DeleteRoom(room=ROOM, ref="d"), T0 + 2)
+
+    assert effects[0] == CancelTimer(("empty", ROOM))
+    assert effects[-1] == RoomRemoved(ROOM, "deleted")
+
+
+def test_a_room_made_by_a_refused_hello_does_not_stay() -> None:
+    engine = make_engine(ChatApp(max_name=4), empty_timeout=EMPTY)
+
+    effects = engine.hello(ALICE, ROOM, Hello(name="alexandra", ref="h"), T0)
+
+    assert effects[1:] == [
+        RoomCreated(ROOM, implicit=True),
+        error(ALICE, ErrorCode.TOO_LARGE, "h"),
+        StartTimer(("empty", ROOM), T0 + EMPTY),
+    ]
+
+
+def test_restored_rooms_made_by_a_visit_and_never_used_get_their_timer() -> None:
+    engine = make_engine(empty_timeout=EMPTY)
+    meta = msgspec.json.encode(ChatRoomMeta())
+
+    effects = engine.restore([
+        StoredRoom(name="unused", app="chat", created_at=T0, meta=meta, last_seq=0,
+                   implicit=True),
+        StoredRoom(name="chatted", app="chat", created_at=T0, meta=meta, last_seq=4,
+                   implicit=True),
+        StoredRoom(name="created", app="chat", created_at=T0, meta=meta, last_seq=0),
+    ], now=T0 + 500)
+
+    assert effects == [StartTimer(("empty", "unused"), T0 + 500 + EMPTY)]
+    assert sorted(engine.rooms) == ["chatted", "created", "unused"]
+
+
+def test_at_the_room_limit_the_longest_waiting_room_makes_space() -> None:
+    engine = make_engine(empty_timeout=EMPTY, max_rooms=2)
+    for conn, room, now in ((ALICE, "first", T0), (BOB, "second", T0 + 1)):
+        engine.hello(conn, room, Hello(name="visitor"), now)
+        engine.request(conn, Leave(), now + 1)
+
+    effects = engine.hello(CAROL, "third", Hello(name="carol"), T0 + 5)
+
+    assert effects[:3] == [
+        CancelTimer(("empty", "first")),
+        Persist((DeleteRoomRecord(name="first"),)),
+        RoomRemoved("first", "expired"),
+    ]
+    assert sorted(engine.rooms) == ["second", "third"]
+    # create-room makes space the same way; with no room waiting, the limit holds.
+    effects = engine.admin(ADMIN, adm.CreateRoom(room="fourth"), T0 + 6)
+    assert effects[:3] == [
+        CancelTimer(("empty", "second")),
+        Persist((DeleteRoomRecord(name="second"),)),
+        RoomRemoved("second", "expired"),
+    ]
+    assert sorted(engine.rooms) == ["fourth", "third"]
+    assert engine.admin(ADMIN, adm.CreateRoom(room="fifth", ref="c"), T0 + 6) == [
+        error(ADMIN, ErrorCode.LIMIT_REACHED, "c")
+    ]
+
+
+def test_an_infinite_empty_timeout_keeps_every_room() -> None:
+    engine = make_engine(empty_timeout=float("inf"))
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+
+    assert engine.request(ALICE, Leave(ref="l"), T0 + 1) == [
+        Send((ALICE,), Ok(ref="l")), Close(ALICE, CloseCode.NORMAL, ANY),
+    ]
+
+
 # --- the WebRTC mesh ---------------------------------------------------------------------------
 
 
@@ -683,7 +902,7 @@ def test_pin_needs_a_committed_message(pair: Engine) -> None:
 
     persist = only_persist(pair.request(ALICE, Pin(seq=1, ref="p"), T0 + 8))
 
-    assert persist.writes == (
+    assert persist.writes == (  # a pin makes the room one to keep (no longer implicit)
         PutRoom(name=ROOM, app="chat", created_at=T0,
                 meta=msgspec.json.encode(ChatRoomMeta(pins=[1], creator="alice"))),
     )
@@ -718,8 +937,10 @@ def test_unpin(pair: Engine) -> None:
         Send((BOB,), Ok(ref="u")),
         Send((ALICE, BOB), PinsChanged(pins=[2], by="s2")),
     ]
-    assert pair.request(BOB, Unpin(seq=1, ref="u2"), T0 + 11) == [
-        error(BOB, ErrorCode.NOT_FOUND, "u2")
+    # Unpinning a message that is not pinned is a no-op success, as pinning a pinned one is.
+    assert pair.request(BOB, Unpin(seq=1, ref="u2"), T0 + 11) == [Send((BOB,), Ok(ref="u2"))]
+    assert pair.request(BOB, Unpin(seq=3, ref="u3"), T0 + 11) == [
+        error(BOB, ErrorCode.NOT_FOUND, "u3")
     ]
 
 
@@ -833,7 +1054,8 @@ def test_create_room_is_answered_after_commit(engine: Engine) -> None:
     effects = engine.admin(ADMIN, adm.CreateRoom(room="ops", meta={"topic": "on call"},
                                                  ref="c"), T0)
 
-    persist = only_persist(effects)
+    assert effects[1:] == [RoomCreated("ops", implicit=False)]
+    persist = only_persist(effects[:1])
     meta = ChatRoomMeta(topic="on call")
     assert persist.writes == (
         PutRoom(name="ops", app="chat", created_at=T0, meta=msgspec.json.encode(meta)),
@@ -848,9 +1070,17 @@ def test_create_room_that_exists_is_a_conflict_unless_if_missing(pair: Engine) -
     assert pair.admin(ADMIN, adm.CreateRoom(room=ROOM, ref="c"), T0 + 5) == [
         error(ADMIN, ErrorCode.CONFLICT, "c")
     ]
-    assert pair.admin(ADMIN, adm.CreateRoom(room=ROOM, if_missing=True, ref="c"), T0 + 5) == [
-        Send((ADMIN,), adm.RoomDetails(ref="c", room=chat_room(participants=2),
-                                       participants=[ALICE_VIEW, BOB_VIEW])),
+    details = Send((ADMIN,), adm.RoomDetails(ref="c", room=chat_room(participants=2),
+                                             participants=[ALICE_VIEW, BOB_VIEW]))
+    # The lobby was made by Alice's visit: if_missing adopts it, to be kept from now on.
+    adopted = only_persist(pair.admin(ADMIN, adm.CreateRoom(room=ROOM, if_missing=True,
+                                                            ref="c"), T0 + 5))
+    assert adopted.writes == (PutRoom(name=ROOM, app="chat", created_at=T0,
+                                      meta=msgspec.json.encode(ChatRoomMeta(creator="alice"))),)
+    assert commit(adopted) == [details]
+    # A room to keep already is answered at once, unchanged.
+    assert pair.admin(ADMIN, adm.CreateRoom(room=ROOM, if_missing=True, ref="c"), T0 + 6) == [
+        details
     ]
 
 
@@ -868,7 +1098,7 @@ def test_create_room_with_bad_options_is_a_bad_request(engine: Engine, request_:
 def test_a_create_room_that_failed_to_commit_leaves_no_room(engine: Engine) -> None:
     effects = engine.admin(ADMIN, adm.CreateRoom(room="ops", ref="c"), T0)
 
-    assert fail(only_persist(effects)) == [error(ADMIN, ErrorCode.INTERNAL, "c")]
+    assert fail(effects[0]) == [error(ADMIN, ErrorCode.INTERNAL, "c")]
     assert engine.admin(ADMIN, adm.GetRoom(room="ops", ref="g"), T0 + 1) == [
         error(ADMIN, ErrorCode.NOT_FOUND, "g")
     ]
@@ -898,11 +1128,12 @@ def test_delete_room_closes_its_sessions_and_deletes_it(pair: Engine) -> None:
 
     effects = pair.admin(ADMIN, adm.DeleteRoom(room=ROOM, ref="d"), T0 + 3)
 
-    assert effects[:-1] == [
+    assert effects[:2] + effects[3:] == [
         Close(ALICE, CloseCode.ROOM_DELETED, ANY),
         CancelTimer(("grace", "s2")),
+        RoomRemoved(ROOM, "deleted"),
     ]
-    persist = effects[-1]
+    persist = effects[2]
     assert isinstance(persist, Persist)
     assert persist.writes == (DeleteRoomRecord(name=ROOM),)
     assert commit(persist) == [Send((ADMIN,), Ok(ref="d"))]
@@ -925,6 +1156,7 @@ def test_kick_closes_the_connection_and_announces_a_kicked_leave(pair: Engine) -
     effects = pair.admin(ADMIN, adm.Kick(room=ROOM, participant_id="s2", ref="k"), T0 + 4)
 
     assert effects == [
+        ParticipantKicked(ROOM, "s2"),
         Close(BOB, CloseCode.KICKED, ANY),
         Send((ALICE,), RemovePeer(peer_id="s2")),
         Send((BOB,), RemovePeer(peer_id="s1")),  # harmless: Bob's connection is closing
@@ -939,6 +1171,7 @@ def test_kick_of_a_participant_in_grace_cancels_its_timer(pair: Engine) -> None:
     pair.disconnect(BOB, T0 + 2)
 
     assert pair.admin(ADMIN, adm.Kick(room=ROOM, participant_id="s2", ref="k"), T0 + 3) == [
+        ParticipantKicked(ROOM, "s2"),
         CancelTimer(("grace", "s2")),
         Send((ALICE,), ParticipantLeft(participant_id="s2", reason="kicked")),
         Send((ADMIN,), Ok(ref="k")),
@@ -992,12 +1225,14 @@ def token_access(room: str = ROOM, *grants: str, name: str | None = None) -> Acc
 
 def test_hello_without_token_to_a_private_room_is_unauthorized_and_closed() -> None:
     engine = make_engine()
-    commit(only_persist(engine.admin(ADMIN, adm.CreateRoom(room=ROOM, private=True), T0)))
+    admin_create(engine, ROOM, private=True)
 
     effects = engine.hello(ALICE, ROOM, Hello(name="alice", ref="h"), T0 + 1, ANONYMOUS)
 
     assert effects == [error(ALICE, ErrorCode.UNAUTHORIZED, "h"),
-                       Close(ALICE, CloseCode.UNAUTHORIZED, ANY)]
+                       Close(ALICE, CloseCode.UNAUTHORIZED, ANY),
+                       AccessRefused(ROOM, ALICE, ErrorCode.UNAUTHORIZED,
+                                     f"room {ROOM!r} needs a join token")]
     assert engine.conns == {}
 
 
@@ -1005,14 +1240,17 @@ def test_a_token_for_another_room_is_forbidden_and_closed(engine: Engine) -> Non
     effects = engine.hello(ALICE, ROOM, Hello(ref="h"), T0, token_access("elsewhere"))
 
     assert effects == [error(ALICE, ErrorCode.FORBIDDEN, "h"),
-                       Close(ALICE, CloseCode.FORBIDDEN, ANY)]
+                       Close(ALICE, CloseCode.FORBIDDEN, ANY),
+                       AccessRefused(ROOM, ALICE, ErrorCode.FORBIDDEN, ANY)]
     assert engine.rooms == {}  # refused before the room was created
 
 
 def test_hidden_needs_the_hidden_grant(engine: Engine) -> None:
     refused = engine.hello(OBSERVER, ROOM, Hello(ref="h", hidden=True), T0, token_access())
     assert refused == [error(OBSERVER, ErrorCode.FORBIDDEN, "h"),
-                       Close(OBSERVER, CloseCode.FORBIDDEN, ANY)]
+                       Close(OBSERVER, CloseCode.FORBIDDEN, ANY),
+                       AccessRefused(ROOM, OBSERVER, ErrorCode.FORBIDDEN,
+                                     "the token does not grant hidden")]
     allowed = engine.hello(OBSERVER, ROOM, Hello(ref="h", hidden=True), T0,
                            token_access(ROOM, "join", "hidden"))
     assert isinstance(allowed[-1], Send) and isinstance(allowed[-1].frame, Welcome)

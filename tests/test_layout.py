@@ -84,3 +84,16 @@ def test_importing_the_engine_loads_no_io_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readmes_name_only_files_a_reader_of_the_repository_has() -> None:
+    # The README once pointed at ../shared/bench, which only the development machines have.
+    import re
+
+    for readme in (ROOT / "README.md", ROOT / "tests" / "bench" / "README.md"):
+        text = readme.read_text()
+        assert "../" not in text, readme
+        named = re.findall(r"`((?:daemon|protocol|roomctl|man|tests)/[\w./-]+)`", text)
+        assert named or readme.name == "README.md", readme
+        for path in named:
+            assert (ROOT / path).exists(), (readme, path)

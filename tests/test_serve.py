@@ -68,7 +68,10 @@ def test_port_in_use_is_one_line_and_exit_1(serve_process: Callable[..., ServePr
          str(tmp_path / "other")], capture_output=True, text=True, timeout=WAIT, cwd=ROOT)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
-    assert "roomctl serve:" in out.stderr
+    # One line that names the address, so the person knows which port to change.
+    [line] = out.stderr.splitlines()
+    assert line == (f"roomctl serve: cannot listen on 127.0.0.1:{sp.port}: Address already in "
+                    "use (another process is listening there)")
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits_0(
@@ -89,6 +92,11 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(
                     break
     code = await trio.to_thread.run_sync(lambda: sp.proc.wait(timeout=WAIT))
     assert code == 0
+    # Its last words, at the default log level: it stopped, and whether the store was flushed.
+    assert sp.proc.stderr is not None
+    last = sp.proc.stderr.read().splitlines()[-1]
+    assert " INFO daemon.server: stopped after " in last
+    assert last.endswith("; connections closed: 1; store flushed")
 
 
 async def test_acknowledged_messages_survive_kill_9(

@@ -224,31 +224,85 @@ def test_file_layout_and_schema(db_path: pathlib.Path) -> None:
     assert db_path.stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
 
 
-def test_a_version_1_database_is_migrated_keeping_its_rooms_and_log(
-        db_path: pathlib.Path) -> None:
+# The rooms table as each older schema version made it (the log table never changed).
+_OLD_ROOMS = {
+    1: "CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
+       "created_at REAL NOT NULL, meta BLOB NOT NULL)",
+    2: "CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
+       "created_at REAL NOT NULL, meta BLOB NOT NULL, private INTEGER NOT NULL DEFAULT 0)",
+}
+
+
+def old_database(db_path: pathlib.Path, version: int, *inserts: str) -> None:
+    """Write a database as schema ``version`` left it, holding the rows ``inserts`` add."""
     db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    conn = sqlite3.connect(db_path)  # the schema as version 1 made it
-    conn.execute("CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
-                 "created_at REAL NOT NULL, meta BLOB NOT NULL)")
+    conn = sqlite3.connect(db_path)
+    conn.execute(_OLD_ROOMS[version])
     conn.execute("CREATE TABLE log (room TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, "
                  "body BLOB NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID")
-    conn.execute("INSERT INTO rooms VALUES ('r', 'chat', 1.0, x'7b7d')")
-    conn.execute("INSERT INTO log VALUES ('r', 1, 2.0, x'00')")
-    conn.execute("PRAGMA user_version = 1")
+    for statement in inserts:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
+
+
+def test_a_version_1_database_is_migrated_keeping_its_rooms_and_log(
+        db_path: pathlib.Path) -> None:
+    old_database(db_path, 1, "INSERT INTO rooms VALUES ('r', 'chat', 1.0, x'7b7d')",
+                 "INSERT INTO log VALUES ('r', 1, 2.0, x'00')")
     store = Store.open(db_path)
     try:
         [loaded] = store.load_rooms()
-        assert (loaded.name, loaded.last_seq, loaded.private) == ("r", 1, False)
+        assert (loaded.name, loaded.last_seq, loaded.private, loaded.implicit) == \
+            ("r", 1, False, False)
         store.write([PutRoom(name="p", app="chat", created_at=3.0, meta=b"{}", private=True)])
         assert [r.private for r in store.load_rooms()] == [True, False]
+    finally:
+        store.close()
+
+
+def test_a_version_2_database_is_migrated_and_its_rooms_stay_kept(
+        db_path: pathlib.Path) -> None:
+    old_database(db_path, 2, "INSERT INTO rooms VALUES ('empty', 'chat', 1.0, x'7b7d', 0)",
+                 "INSERT INTO rooms VALUES ('secret', 'chat', 2.0, x'7b7d', 1)",
+                 "INSERT INTO log VALUES ('secret', 1, 2.0, x'00')")
+    store = Store.open(db_path)
+    try:
+        # Rooms from before the empty-room rule were all kept: none becomes implicit.
+        assert store.load_rooms() == [
+            StoredRoom(name="empty", app="chat", created_at=1.0, meta=b"{}", last_seq=0),
+            StoredRoom(name="secret", app="chat", created_at=2.0, meta=b"{}", last_seq=1,
+                       private=True),
+        ]
+        store.write([PutRoom(name="visit", app="chat", created_at=3.0, meta=b"{}",
+                             implicit=True)])
+        assert [r.implicit for r in store.load_rooms()] == [False, False, True]
+    finally:
+        store.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    finally:
+        conn.close()
+
+
+def test_the_implicit_flag_survives_reopen_and_an_upsert_can_clear_it(
+        db_path: pathlib.Path) -> None:
+    store = Store.open(db_path)
+    store.write([PutRoom(name="r", app="chat", created_at=1.0, meta=b"{}", implicit=True)])
+    store.close()
+    store = Store.open(db_path)
+    try:
+        assert [r.implicit for r in store.load_rooms()] == [True]
+        store.write([PutRoom(name="r", app="chat", created_at=1.0, meta=b"{}")])
+        assert [r.implicit for r in store.load_rooms()] == [False]
     finally:
         store.close()
 

@@ -244,6 +244,11 @@ async def test_daemon_wide_room_and_participant_limits(
                     == "room"
             third = await client.request({"type": "create-room", "room": "three"})
             assert third["code"] == "limit-reached"
+            # A room may not ask for more participants than the daemon's cap.
+            over = await client.request({"type": "create-room", "room": "four",
+                                         "meta": {"max_participants": 3}})
+            assert (over["type"], over["code"]) == ("error", "bad-request")
+            assert "cap of 2 participants per room" in over["message"]
         async with ws(srv, "/v1/rooms/three") as client:  # nor by joining it
             assert await refused_hello(client) == ("limit-reached", 4004)
         async with ws(srv, "/v1/rooms/one") as a, ws(srv, "/v1/rooms/one") as b, \

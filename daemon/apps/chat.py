@@ -72,10 +72,10 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
             meta = msgspec.structs.replace(meta, creator=creator)
         return meta
 
+    def max_participants(self, meta: ChatRoomMeta) -> int | None:
+        return meta.max_participants
+
     def admit(self, ctx: Context, hello: Hello) -> ChatParticipantMeta:
-        limit = ctx.room_meta.max_participants
-        if limit is not None and not hello.hidden and ctx.visible_count() >= limit:
-            raise ProtocolError(ErrorCode.ROOM_FULL, f"the room is full ({limit} participants)")
         if hello.name is not None:
             self._check_name(hello.name)
         return ChatParticipantMeta(name=hello.name or DEFAULT_NAME)
@@ -195,20 +195,16 @@ def _set_topic(ctx: Context, request: Request) -> None:
 def _pin(ctx: Context, request: Request) -> None:
     assert isinstance(request, Pin | Unpin)
     meta: ChatRoomMeta = ctx.room_meta
-    pins = list(meta.pins)
-    if isinstance(request, Pin):
-        if request.seq > ctx.room.last_seq:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no message {request.seq} in this room")
-        if request.seq in pins:
-            ctx.ok()
-            return
-        if len(pins) >= MAX_PINS:
-            raise ProtocolError(ErrorCode.CONFLICT, f"a room holds at most {MAX_PINS} pins")
-        pins = sorted([*pins, request.seq])
-    else:
-        if request.seq not in pins:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"message {request.seq} is not pinned")
-        pins.remove(request.seq)
+    if request.seq > ctx.room.last_seq:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no message {request.seq} in this room")
+    pinning = isinstance(request, Pin)
+    if (request.seq in meta.pins) == pinning:
+        ctx.ok()  # pinned already, or not pinned: both idempotent, nothing changes
+        return
+    if pinning and len(meta.pins) >= MAX_PINS:
+        raise ProtocolError(ErrorCode.CONFLICT, f"a room holds at most {MAX_PINS} pins")
+    pins = sorted([*meta.pins, request.seq]) if pinning else \
+        [seq for seq in meta.pins if seq != request.seq]
     by = ctx.session.id if ctx.session is not None else None
     write = ctx.set_room_meta(msgspec.structs.replace(meta, pins=pins))
 

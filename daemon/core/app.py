@@ -56,6 +56,14 @@ class App(Generic[RoomMetaT, SessionMetaT]):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid room options: {exc}") from None
         return meta
 
+    def max_participants(self, meta: RoomMetaT) -> int | None:
+        """Return the participant limit a room's metadata sets (None: the daemon's cap only).
+
+        The engine enforces it, hidden observers not counted, and refuses ``create-room``
+        asking for more than the daemon's own cap (``Config.max_participants``).
+        """
+        return None
+
     def admit(self, ctx: Context, hello: Hello) -> SessionMetaT:
         """Return the metadata of a session entering the room. Raises ProtocolError to refuse."""
         raise NotImplementedError
@@ -165,8 +173,11 @@ class Context:
         """Replace the room's metadata in memory; return the write that stores it.
 
         Pass ``undo=ctx.room_meta_undo(previous)`` to ``persist`` to revert on failure.
+        A room whose metadata someone changed is in use: if a visit made it, it is no
+        longer removed when it empties.
         """
         self.room.meta = meta
+        self.room.implicit = False
         return self.engine.room_record(self.room)
 
     def room_meta_undo(self, previous: Any) -> Callable[[], None]:

@@ -3,14 +3,18 @@
 The engine never performs I/O; each input returns a list of these, and the server
 applies them in order. Recipients of a ``Send`` are connection ids resolved when the
 effect was made, which for deferred effects (``Persist.on_commit``) is commit time.
+
+Facts (``RoomCreated``, ``RoomRemoved``, ``ParticipantKicked``, ``AccessRefused``) ask for
+nothing: they tell the server what just happened, for its log and metrics, since the
+engine has no logger.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from protocol import CloseCode, Event
+from protocol import CloseCode, ErrorCode, Event
 
 ConnId: TypeAlias = int
 TimerKey: TypeAlias = tuple[str, str]
@@ -65,4 +69,35 @@ class CancelTimer(msgspec.Struct, frozen=True):
     key: TimerKey
 
 
-Effect: TypeAlias = Send | Close | Persist | Query | StartTimer | CancelTimer
+class RoomCreated(msgspec.Struct, frozen=True):
+    """A room was made: by ``create-room``, or (``implicit``) by the first hello to it."""
+
+    room: str
+    implicit: bool
+
+
+class RoomRemoved(msgspec.Struct, frozen=True):
+    """A room is gone: ``deleted`` by an administrator, or ``expired`` after staying empty."""
+
+    room: str
+    reason: Literal["deleted", "expired"]
+
+
+class ParticipantKicked(msgspec.Struct, frozen=True):
+    """An administrator removed session ``session`` from ``room``."""
+
+    room: str
+    session: str
+
+
+class AccessRefused(msgspec.Struct, frozen=True):
+    """A hello on ``conn`` was refused by the room's access rule (no token, wrong token...)."""
+
+    room: str
+    conn: ConnId
+    code: ErrorCode
+    message: str
+
+
+Fact: TypeAlias = RoomCreated | RoomRemoved | ParticipantKicked | AccessRefused
+Effect: TypeAlias = Send | Close | Persist | Query | StartTimer | CancelTimer | Fact

@@ -10,6 +10,14 @@ persist records, query the log, start or cancel timers. Nothing here awaits, so 
 call is atomic under trio's scheduler without locks, and every rule is testable
 without sockets or clocks.
 
+Rooms are made by ``create-room`` (admin) and kept until deleted, or *implicitly* by
+the first hello to an unknown name (``auto_create``). An implicit room that was never
+used (no message, topic or pin) is removed once it has had no session at all, hidden
+observers and participants inside their grace period included, for ``empty_timeout``
+seconds (LiveKit's ``empty_timeout``): a visitor trying names cannot fill the daemon
+with rooms for good. At the ``max_rooms`` limit, the room that has waited longest for
+that removal goes first to make space.
+
 A session belongs to one room. While its connection is up it is *live*; when the
 connection drops, the participant stays, marked not live, for ``grace`` seconds, and a
 ``hello`` carrying its resume token in that window reattaches the same session: no
@@ -25,10 +33,14 @@ a private room, or every room under ``require_tokens``, needs the admin token or
 token for that room with the ``join`` grant. A session keeps its grants: each request
 needs one (``media`` for the call, the app's choice for its own requests, ``post`` for
 the chat app's writes), or it is answered ``forbidden``.
+
+The engine has no logger: what the daemon's log should say comes back as facts among
+the effects (``RoomCreated``, ``RoomRemoved``, ``ParticipantKicked``, ``AccessRefused``).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,11 +51,15 @@ import msgspec
 from daemon.core.access import ADMIN, ALL_GRANTS, ANONYMOUS, Access
 from daemon.core.app import App, Context
 from daemon.core.effects import (
+    AccessRefused,
     CancelTimer,
     Close,
     ConnId,
     Effect,
+    ParticipantKicked,
     Persist,
+    RoomCreated,
+    RoomRemoved,
     Send,
     StartTimer,
     TimerKey,
@@ -78,6 +94,9 @@ from protocol.messages import (
 )
 
 DEFAULT_GRACE = 60.0
+# Seconds an implicitly created room that never held anything stays once empty
+# (LiveKit's empty_timeout default, too).
+DEFAULT_EMPTY_TIMEOUT = 300.0
 
 
 @dataclass(eq=False)
@@ -113,6 +132,14 @@ class Room:
     last_seq: int = 0  # highest committed log sequence number
     next_seq: int = 0  # highest allocated one (>= last_seq; allocated before commit)
     sessions: dict[str, Session] = field(default_factory=dict)
+    # Made by a hello rather than create-room; cleared for good by a change to its
+    # metadata (a topic, a pin) or by create-room with if_missing.
+    implicit: bool = False
+
+    @property
+    def expirable(self) -> bool:
+        """Whether the room goes away after staying empty: implicit, and no message ever."""
+        return self.implicit and self.next_seq == 0
 
     def connections(self, exclude: str | None = None) -> tuple[ConnId, ...]:
         return tuple(
@@ -128,6 +155,10 @@ class Room:
 
 def grace_timer(session_id: str) -> TimerKey:
     return ("grace", session_id)
+
+
+def empty_timer(room_name: str) -> TimerKey:
+    return ("empty", room_name)
 
 
 class Engine:
@@ -146,6 +177,7 @@ class Engine:
         require_tokens: bool = False,
         max_rooms: int | None = None,
         max_participants: int | None = None,
+        empty_timeout: float = DEFAULT_EMPTY_TIMEOUT,
     ) -> None:
         if not apps:
             raise ValueError("the engine needs at least one app")
@@ -160,6 +192,7 @@ class Engine:
         self.require_tokens = require_tokens  # every room is private
         self.max_rooms = max_rooms
         self.max_participants = max_participants  # per room, hidden observers not counted
+        self.empty_timeout = empty_timeout  # math.inf: implicit rooms are kept too
         self.server = server
         self._new_id = new_id or (lambda: secrets.token_hex(6))
         self._new_token = new_token or (lambda: secrets.token_urlsafe(24))
@@ -169,18 +202,27 @@ class Engine:
         self._sessions: dict[str, Session] = {}  # every session of every room, by id
         # Stored rooms whose app is not installed: kept off limits so they are not overwritten.
         self.foreign_rooms: set[str] = set()
+        # Expirable rooms left empty, with their removal deadlines, longest-waiting first.
+        self._idle: dict[str, float] = {}
         self.last_now = 0.0
 
     # --- start-up ------------------------------------------------------------------------
 
-    def restore(self, stored: Iterable[StoredRoom]) -> None:
-        """Load rooms from the store at start-up. Rooms of unknown apps are skipped."""
+    def restore(self, stored: Iterable[StoredRoom], now: float | None = None) -> list[Effect]:
+        """Load rooms from the store at start-up. Rooms of unknown apps are skipped.
+
+        Returns the effects to apply with them: the removal timers of implicit rooms that
+        are still unused (nobody is in a room at start-up), counted from ``now``.
+        """
+        if now is not None:
+            self.last_now = now
+        effects: list[Effect] = []
         for rec in stored:
             app = self.apps.get(rec.app)
             if app is None:
                 self.foreign_rooms.add(rec.name)
                 continue
-            self.rooms[rec.name] = Room(
+            room = self.rooms[rec.name] = Room(
                 name=rec.name,
                 app=app,
                 created_at=rec.created_at,
@@ -188,7 +230,10 @@ class Engine:
                 private=rec.private,
                 last_seq=rec.last_seq,
                 next_seq=rec.last_seq,
+                implicit=rec.implicit,
             )
+            effects += self._vacated(room, self.last_now)
+        return effects
 
     # --- views ---------------------------------------------------------------------------
 
@@ -226,6 +271,7 @@ class Engine:
             created_at=room.created_at,
             meta=room.app.encode_room_meta(room.meta),
             private=room.private,
+            implicit=room.implicit,
         )
 
     def request_types(self) -> tuple[type[Request], ...]:
@@ -255,12 +301,13 @@ class Engine:
         room = self.rooms.get(room_name)
         if hello.resume is None:
             try:
-                grants = self._grants(room_name, room, access, hello)
+                grants = self.check_access(room_name, access, hidden=hello.hidden)
             except ProtocolError as exc:
                 close = CloseCode.UNAUTHORIZED if exc.code == ErrorCode.UNAUTHORIZED \
                     else CloseCode.FORBIDDEN
                 return [Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)),
-                        Close(conn, close, exc.message[:120])]
+                        Close(conn, close, exc.message[:120]),
+                        AccessRefused(room_name, conn, exc.code, exc.message)]
         if room is None:
             if (not self.auto_create or not hello.create or hello.resume is not None
                     or room_name in self.foreign_rooms):
@@ -269,21 +316,24 @@ class Engine:
                                         message=f"no room named {room_name!r}")),
                     Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room"),
                 ]
-            if self.max_rooms is not None and len(self.rooms) >= self.max_rooms:
-                return [Send((conn,), Error(
-                            ref=hello.ref, code=ErrorCode.LIMIT_REACHED,
-                            message=f"this daemon holds its maximum of {self.max_rooms} rooms")),
-                        Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room")]
             app = self.default_app
             try:
                 meta = app.create_room(None, creator=None if hello.hidden else hello.name)
             except ProtocolError as exc:
                 return [Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)),
                         Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room")]
+            space = self._make_space()
+            if space is None:
+                return [Send((conn,), Error(
+                            ref=hello.ref, code=ErrorCode.LIMIT_REACHED,
+                            message=f"this daemon holds its maximum of {self.max_rooms} rooms")),
+                        Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room")]
+            effects += space
             room = Room(name=room_name, app=app, created_at=now, meta=meta,
-                        private=self.require_tokens)
+                        private=self.require_tokens, implicit=True)
             self.rooms[room_name] = room
             effects.append(Persist((self.room_record(room),)))
+            effects.append(RoomCreated(room_name, implicit=True))
         try:
             if hello.resume is not None:
                 effects += self._resume(conn, room, hello, now)
@@ -293,12 +343,26 @@ class Engine:
                 effects += self._admit(conn, room, hello, now, grants, access.identity)
         except ProtocolError as exc:
             effects.append(Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)))
+            # A room this hello has just made and then refused it (a name too long...)
+            # must not stay forever.
+            effects += self._vacated(room, now)
         return effects
 
-    def _grants(self, room_name: str, room: Room | None, access: Access,
-                hello: Hello) -> frozenset[str]:
-        """Return the grants a new session gets, or raise unauthorized/forbidden."""
-        private = self.require_tokens or (room is not None and room.private)
+    def is_private(self, room_name: str) -> bool:
+        """Whether joining ``room_name`` needs a token (as a room made by joining would)."""
+        room = self.rooms.get(room_name)
+        return self.require_tokens or (room is not None and room.private)
+
+    def check_access(self, room_name: str, access: Access, *,
+                     hidden: bool = False) -> frozenset[str]:
+        """Return the grants a new session in ``room_name`` gets with ``access``.
+
+        Raises ProtocolError ``unauthorized`` (no token where one is needed) or
+        ``forbidden`` (a token for another room, or without the grant ``join``, or
+        ``hidden`` when asked for). Room limits and whether the room exists are not
+        looked at.
+        """
+        private = self.is_private(room_name)
         if access.anonymous:
             if private:
                 raise ProtocolError(ErrorCode.UNAUTHORIZED,
@@ -313,7 +377,7 @@ class Engine:
             grants = access.grants
         if "join" not in grants:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant join")
-        if hello.hidden and "hidden" not in grants:
+        if hidden and "hidden" not in grants:
             raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant hidden")
         return grants
 
@@ -367,10 +431,12 @@ class Engine:
     def timer_fired(self, key: TimerKey, now: float) -> list[Effect]:
         """A timer started by a ``StartTimer`` effect is due."""
         self.last_now = now
-        kind, session_id = key
+        kind, name = key
+        if kind == "empty":
+            return self._expire(name)
         if kind != "grace":
             return []
-        session = self._sessions.get(session_id)
+        session = self._sessions.get(name)
         if session is not None and not session.live:
             return self._remove(session, reason="timeout", now=now)
         return []
@@ -408,10 +474,9 @@ class Engine:
                grants: frozenset[str] = ALL_GRANTS, identity: str | None = None
                ) -> list[Effect]:
         ctx = Context(self, room, None, hello.ref, now, conn=conn)
-        if (self.max_participants is not None and not hello.hidden
-                and room.visible_count() >= self.max_participants):
-            raise ProtocolError(ErrorCode.ROOM_FULL,
-                                f"the room is full ({self.max_participants} participants)")
+        limit = self._participant_limit(room)
+        if limit is not None and not hello.hidden and room.visible_count() >= limit:
+            raise ProtocolError(ErrorCode.ROOM_FULL, f"the room is full ({limit} participants)")
         meta = room.app.admit(ctx, hello)
         session_id = self._new_id()
         while session_id in self._sessions:
@@ -432,6 +497,7 @@ class Engine:
         self._by_token[session.resume_token] = session
         self._sessions[session.id] = session
         ctx.session = session
+        ctx.effects += self._cancel_expiry(room)
         ctx.reply(self._welcome(session, hello.ref, resumed=False))
         if not session.hidden:
             ctx.broadcast(ParticipantJoined(participant=self.view(session)), exclude_self=True)
@@ -480,7 +546,55 @@ class Engine:
         self._drop_edges(ctx, session)
         if not session.hidden:
             ctx.broadcast(ParticipantLeft(participant_id=session.id, reason=reason))
+        ctx.effects += self._vacated(room, now)
         return ctx.effects
+
+    def _participant_limit(self, room: Room) -> int | None:
+        """Return the most participants ``room`` admits: the daemon's cap, or its app's lower."""
+        asked = room.app.max_participants(room.meta)
+        if asked is None or (self.max_participants is not None
+                             and asked > self.max_participants):
+            return self.max_participants
+        return asked
+
+    # --- rooms nobody uses -----------------------------------------------------------------
+
+    def _vacated(self, room: Room, now: float) -> list[Effect]:
+        """Start ``room``'s removal timer if it is expirable and has no session left."""
+        if (room.sessions or not room.expirable or room.name in self._idle
+                or self.rooms.get(room.name) is not room or math.isinf(self.empty_timeout)):
+            return []
+        deadline = now + self.empty_timeout
+        self._idle[room.name] = deadline
+        return [StartTimer(empty_timer(room.name), deadline)]
+
+    def _cancel_expiry(self, room: Room) -> list[Effect]:
+        """``room`` is in use, adopted or deleted: stop its removal timer, if it has one."""
+        if self._idle.pop(room.name, None) is None:
+            return []
+        return [CancelTimer(empty_timer(room.name))]
+
+    def _expire(self, name: str) -> list[Effect]:
+        """Remove the idle room ``name``: its removal timer is due, or its space is needed."""
+        room = self.rooms.get(name)
+        if self._idle.pop(name, None) is None or room is None:
+            return []
+        if room.sessions or not room.expirable:  # both cancel the timer first; never here
+            return []
+        del self.rooms[name]
+        return [Persist((DeleteRoomRecord(name=name),)), RoomRemoved(name, "expired")]
+
+    def _make_space(self) -> list[Effect] | None:
+        """Return what makes space for one more room, or None when nothing can.
+
+        Below ``max_rooms`` that is nothing; at the limit, the early removal of the room
+        that has waited longest for its removal timer.
+        """
+        if self.max_rooms is None or len(self.rooms) < self.max_rooms:
+            return []
+        for name in self._idle:
+            return [CancelTimer(empty_timer(name)), *self._expire(name)]
+        return None
 
     # --- the mesh --------------------------------------------------------------------------
 
@@ -629,7 +743,7 @@ class Engine:
             if session is None or session.hidden:
                 raise ProtocolError(ErrorCode.NOT_FOUND,
                                     f"no participant {request.participant_id!r} in {room.name!r}")
-            effects: list[Effect] = []
+            effects: list[Effect] = [ParticipantKicked(room.name, session.id)]
             if session.conn is not None:
                 effects.append(Close(session.conn, CloseCode.KICKED, "removed by an administrator"))
             else:
@@ -647,20 +761,36 @@ class Engine:
             raise ProtocolError(ErrorCode.CONFLICT,
                                 f"room {request.room!r} exists with an app this daemon lacks")
         if existing is not None:
-            if request.if_missing:
+            if not request.if_missing:
+                raise ProtocolError(ErrorCode.CONFLICT, f"room {request.room!r} already exists")
+            if not existing.implicit:
                 return [Send((conn,), self._details(request.ref, existing))]
-            raise ProtocolError(ErrorCode.CONFLICT, f"room {request.room!r} already exists")
+            # A room someone's visit made is adopted: from now on it stays until deleted.
+            existing.implicit = False
+            adopt = Context(self, existing, None, request.ref, now, conn=conn)
+            adopt.effects += self._cancel_expiry(existing)
+            adopt.persist(self.room_record(existing),
+                          then=lambda c: c.reply(self._details(request.ref, existing)))
+            return adopt.effects
         app = self.apps.get(request.app)
         if app is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"no app named {request.app!r}")
-        if self.max_rooms is not None and len(self.rooms) >= self.max_rooms:
+        meta = app.create_room(request.meta, creator=None)
+        asked = app.max_participants(meta)
+        if self.max_participants is not None and asked is not None \
+                and asked > self.max_participants:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"max_participants {asked} is over this daemon's cap of "
+                                f"{self.max_participants} participants per room")
+        space = self._make_space()
+        if space is None:
             raise ProtocolError(ErrorCode.LIMIT_REACHED,
                                 f"this daemon holds its maximum of {self.max_rooms} rooms")
-        room = Room(name=request.room, app=app, created_at=now,
-                    meta=app.create_room(request.meta, creator=None),
+        room = Room(name=request.room, app=app, created_at=now, meta=meta,
                     private=request.private or self.require_tokens)
         self.rooms[room.name] = room
         ctx = Context(self, room, None, request.ref, now, conn=conn)
+        ctx.effects += space
 
         def undo() -> None:
             if self.rooms.get(room.name) is room:
@@ -668,11 +798,12 @@ class Engine:
 
         ctx.persist(self.room_record(room),
                     then=lambda c: c.reply(self._details(request.ref, room)), undo=undo)
+        ctx.effects.append(RoomCreated(room.name, implicit=False))
         return ctx.effects
 
     def _delete_room(self, conn: ConnId, request: adm.DeleteRoom, now: float) -> list[Effect]:
         room = self._room(request.room)
-        effects: list[Effect] = []
+        effects: list[Effect] = self._cancel_expiry(room)
         for session in list(room.sessions.values()):
             if session.conn is not None:
                 effects.append(Close(session.conn, CloseCode.ROOM_DELETED, "the room was deleted"))
@@ -685,7 +816,7 @@ class Engine:
         del self.rooms[room.name]
         ctx = Context(self, room, None, request.ref, now, conn=conn)
         ctx.persist(DeleteRoomRecord(name=room.name), then=lambda c: c.ok())
-        return effects + ctx.effects
+        return [*effects, *ctx.effects, RoomRemoved(room.name, "deleted")]
 
 
 # The grant each core request needs (None: any session may make it).

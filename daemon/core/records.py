@@ -17,6 +17,8 @@ class PutRoom(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     meta: bytes
     private: bool = False
+    # Made by a hello, not by create-room, and not used since: removed once empty a while.
+    implicit: bool = False
 
 
 class DeleteRoom(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +48,7 @@ class StoredRoom(msgspec.Struct, frozen=True, kw_only=True):
     meta: bytes
     last_seq: int
     private: bool = False
+    implicit: bool = False
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -707,7 +708,17 @@ async def _guarded(handler: Callable[[trio.SocketStream], Awaitable[None]],
 
 async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
     bind_host = host or None
-    listeners = await trio.open_tcp_listeners(port, host=bind_host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=bind_host)
+    except OSError as exc:
+        # "[Errno 98] Address already in use" alone does not say which address.
+        where = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason += " (another process is listening there)"
+        error = OSError(f"cannot listen on {where}: {reason}")
+        error.errno = exc.errno  # kept for callers; str(error) stays one plain sentence
+        raise error from exc
     if port != 0 or len(listeners) == 1:
         return listeners
     # With port 0 each address (e.g. IPv4 and IPv6 wildcards) gets its own ephemeral

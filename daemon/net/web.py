@@ -165,11 +165,15 @@ def _not_found_page(request: HttpRequest, message: str) -> HttpResponse:
 
 
 def public_rooms(rooms: Iterable[RoomInfo]) -> list[dict[str, object]]:
-    """Return the lobby's entries, by name: rooms whose app metadata says ``public``."""
+    """Return the lobby's entries, by name: rooms whose app metadata says ``public``.
+
+    A private room is never listed, whatever its metadata says (under ``require_tokens``
+    every room is private, so the list is empty): whoever reads this list showed no token.
+    """
     listed = []
     for info in rooms:
         meta = info.meta
-        if getattr(meta, "public", False) is True:
+        if getattr(meta, "public", False) is True and not info.private:
             listed.append({"name": info.name, "topic": str(getattr(meta, "topic", "") or ""),
                            "participants": info.participants})
     listed.sort(key=lambda entry: str(entry["name"]))

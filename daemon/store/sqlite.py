@@ -46,7 +46,8 @@ __all__ = ["Store", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+# 1: rooms and log; 2: rooms.private (join tokens); 3: rooms.implicit (empty-room expiry).
+SCHEMA_VERSION = 3
 
 # Long enough to ride out another process (e.g. a backup tool) holding the write lock
 # briefly. Short enough that a wedged database surfaces as an error, not a hang.
@@ -59,7 +60,8 @@ _SCHEMA = (
         app        TEXT NOT NULL,
         created_at REAL NOT NULL,
         meta       BLOB NOT NULL,
-        private    INTEGER NOT NULL DEFAULT 0
+        private    INTEGER NOT NULL DEFAULT 0,
+        implicit   INTEGER NOT NULL DEFAULT 0
     )
     """,
     # WITHOUT ROWID: the primary key is the only access path. Storing rows clustered
@@ -75,8 +77,13 @@ _SCHEMA = (
     """,
 )
 
-
-
+# What each version adds to the one before it; an older database runs the steps it lacks,
+# in order, in the transaction that opens it. Rooms of older versions were all kept
+# forever, so none of them becomes implicit (expirable) by the upgrade.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0",),
+    3: ("ALTER TABLE rooms ADD COLUMN implicit INTEGER NOT NULL DEFAULT 0",),
+}
 
 
 class StoreError(Exception):
@@ -173,8 +180,10 @@ def _init_schema(conn: sqlite3.Connection) -> None:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif version == 1:  # version 2 added rooms.private (join tokens)
-            conn.execute("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0")
+        elif 1 <= version < SCHEMA_VERSION:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise StoreError(
@@ -198,10 +207,13 @@ def _apply(cur: sqlite3.Cursor, write: Write) -> None:
         # A true upsert, not INSERT OR REPLACE. REPLACE deletes the old row first,
         # which would also fire any future ON DELETE cascade on the room's log.
         cur.execute(
-            "INSERT INTO rooms (name, app, created_at, meta, private) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO rooms (name, app, created_at, meta, private, implicit) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET app = excluded.app, "
-            "created_at = excluded.created_at, meta = excluded.meta, private = excluded.private",
-            (write.name, write.app, write.created_at, write.meta, int(write.private)),
+            "created_at = excluded.created_at, meta = excluded.meta, "
+            "private = excluded.private, implicit = excluded.implicit",
+            (write.name, write.app, write.created_at, write.meta, int(write.private),
+             int(write.implicit)),
         )
     elif isinstance(write, DeleteRoom):
         cur.execute("DELETE FROM log WHERE room = ?", (write.name,))
@@ -308,14 +320,14 @@ class Store:
                 rows = self._reader.execute(
                     "SELECT r.name, r.app, r.created_at, r.meta, "
                     "COALESCE((SELECT MAX(l.seq) FROM log AS l WHERE l.room = r.name), 0), "
-                    "r.private FROM rooms AS r ORDER BY r.name"
+                    "r.private, r.implicit FROM rooms AS r ORDER BY r.name"
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot load rooms: {exc}") from exc
         return [
             StoredRoom(name=name, app=app, created_at=created_at, meta=meta, last_seq=last,
-                       private=bool(private))
-            for name, app, created_at, meta, last, private in rows
+                       private=bool(private), implicit=bool(implicit))
+            for name, app, created_at, meta, last, private, implicit in rows
         ]
 
     def write(self, batch: Sequence[Write]) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-log = logging.getLogger("roomctl.media")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

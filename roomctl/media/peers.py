@@ -39,7 +39,7 @@ from roomctl.media.settings import CallSettings
 from roomctl.media.sources import CountingTrack, Sources
 from roomctl.media.stats import Counters, RateMeter, Sample, round_trip, transport_bytes
 
-log = logging.getLogger("roomctl.media")
+log = logging.getLogger(__name__)
 
 INBOX_SIZE = 256  # signaling frames waiting for one peer; beyond that the peer is misbehaving
 

@@ -42,7 +42,7 @@ from av.video.frame import PictureType, VideoFrame
 
 from roomctl.media.settings import SourceSpec
 
-log = logging.getLogger("roomctl.media")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -12,7 +12,8 @@
 // Events (CustomEvent, detail in brackets):
 //   welcome [{welcome, resumed, newSession}]   after every successful hello
 //   frame   [frame]                            every event frame that is not a reply
-//   state   [{state, detail}]                  "connecting", "open", "reconnecting", "closed"
+//   state   [{state, detail, code}]            "connecting", "open", "reconnecting", "closed";
+//                                              code: the protocol error code of a refused hello
 
 const SUBPROTOCOL = 'roomctl.v1';
 const REQUEST_TIMEOUT_MS = 15000;
@@ -118,9 +119,9 @@ export class RoomConnection extends EventTarget {
     return true;
   }
 
-  _setState(state, detail = '') {
+  _setState(state, detail = '', code = null) {
     this.state = state;
-    this.dispatchEvent(new CustomEvent('state', { detail: { state, detail } }));
+    this.dispatchEvent(new CustomEvent('state', { detail: { state, detail, code } }));
   }
 
   _connect() {
@@ -161,7 +162,7 @@ export class RoomConnection extends EventTarget {
       if (err instanceof ProtocolError) {
         // A refused hello (room full, bad name...) will be refused again: stop here.
         this._stopped = true;
-        this._setState('closed', err.message);
+        this._setState('closed', err.message, err.code);
         ws.close(1000, 'hello refused');
       }
       return; // a dropped socket reconnects through _closed

@@ -21,7 +21,10 @@ const $ = (id) => document.getElementById(id);
 const room = decodeURIComponent(location.pathname.replace(/^\/r\//, ''));
 // An invitation link carries a join token in the fragment (#token=...), which browsers
 // never send to the server; it is moved out of the address bar into this tab's storage.
+const TOKEN_KEY = `roomctl.token.${location.pathname}`;
 const token = readToken();
+// The answer of GET /v1/rooms/ROOM/access, once asked (see init and checkAccess).
+let accessCheck = Promise.resolve(null);
 const state = {
   conn: null,
   mesh: null,
@@ -40,20 +43,19 @@ const state = {
 };
 
 function readToken() {
-  const key = `roomctl.token.${location.pathname}`;
   const fromLink = new URLSearchParams(location.hash.slice(1)).get('token');
   if (fromLink) {
-    sessionStorage.setItem(key, fromLink);
+    sessionStorage.setItem(TOKEN_KEY, fromLink);
     history.replaceState(null, '', location.pathname + location.search);
   }
-  return fromLink || sessionStorage.getItem(key);
+  return fromLink || sessionStorage.getItem(TOKEN_KEY);
 }
 
 function setText(id, text) {
   $(id).textContent = text;
 }
 
-function init() {
+async function init() {
   if (!ROOM_NAME.test(room)) {
     setText('join-error', 'This is not a valid room name.');
     $('join-form').hidden = true;
@@ -73,6 +75,59 @@ function init() {
     });
   });
   $('join-name').focus();
+  // Asked while the person types their name (no keystroke is lost to a hidden field): a
+  // private room without a usable token then gets a page that says so instead of the
+  // form, whose every attempt would be refused. join() waits for the answer too.
+  accessCheck = checkAccess();
+  const access = await accessCheck;
+  if (access && !access.admitted) showInvitationNeeded(access);
+}
+
+/**
+ * Whether the daemon would let this page in with its token (GET /v1/rooms/ROOM/access).
+ * Returns {admitted, private, code, message}, or null when it cannot tell (the hello
+ * then decides, and a refusal still ends on the invitation page).
+ */
+async function checkAccess() {
+  const headers = { Accept: 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  try {
+    const response = await fetch(`/v1/rooms/${encodeURIComponent(room)}/access`,
+      { headers, cache: 'no-store' });
+    if (!response.ok) return null;
+    return await response.json();
+  } catch (err) {
+    console.info('roomctl: cannot ask whether this room needs a token:', err.message);
+    return null;
+  }
+}
+
+const ACCESS_CODES = new Set(['unauthorized', 'forbidden']);
+
+/** Replace everything with a page saying why this room cannot be joined from here. */
+function showInvitationNeeded({ code, message }) {
+  // A token that was refused will be refused again: forget it, so that a fresh
+  // invitation link opened later in this tab is the one used.
+  if (token) sessionStorage.removeItem(TOKEN_KEY);
+  let title = 'This room needs an invitation link';
+  let reason = `\u201c${room}\u201d is a private room: only people with an invitation link can join it.`;
+  let hint = 'Ask whoever runs the room for an invitation link, and open it in this browser.';
+  if (token) {
+    const expired = /expired/i.test(message || '');
+    title = expired ? 'This invitation link has expired'
+      : 'This invitation link does not open this room';
+    reason = `The daemon refused it (${code}): ${message}.`;
+    hint = 'Ask whoever sent it for a new invitation link.';
+  }
+  setText('invite-title', title);
+  setText('invite-reason', reason);
+  setText('invite-hint', hint);
+  document.title = `${title} \u00b7 roomctl`;
+  document.body.classList.remove('in-room');
+  $('conn-state').textContent = '';
+  $('join-screen').hidden = true;
+  $('room-screen').hidden = true;
+  $('invite-screen').hidden = false;
 }
 
 /** Ask for camera and microphone; fall back to one of them, then to none. */
@@ -89,6 +144,8 @@ async function openDevices(wanted) {
 }
 
 async function join() {
+  const access = await accessCheck;
+  if (access && !access.admitted) return; // the invitation page is showing instead
   const name = $('join-name').value.trim();
   if (!name) {
     setText('join-error', 'Choose a name first.');
@@ -207,7 +264,15 @@ function onFrame(frame) {
   }
 }
 
-function showConnection({ state: connState, detail }) {
+function showConnection({ state: connState, detail, code }) {
+  if (connState === 'closed' && ACCESS_CODES.has(code) && !state.conn?.welcomes) {
+    // Refused at the door (the check before the join form could not tell, or the token
+    // was revoked since): the invitation page, not an empty room.
+    state.mesh?.closeAll();
+    state.local?.getTracks().forEach((t) => t.stop());
+    showInvitationNeeded({ code, message: detail });
+    return;
+  }
   const badge = $('conn-state');
   badge.dataset.state = connState;
   const words = {
@@ -429,6 +494,7 @@ async function updateStatus() {
 // For debugging in the console, and for the browser tests: read-only views of the state.
 window.roomctl = {
   room,
+  screen: () => ['invite-screen', 'join-screen', 'room-screen'].find((id) => !$(id).hidden) ?? null,
   state: () => ({
     connection: state.conn?.state ?? 'idle',
     sessionId: state.conn?.sessionId ?? null,
@@ -442,4 +508,4 @@ window.roomctl = {
   stats: () => state.mesh?.stats() ?? Promise.resolve({}),
 };
 
-init();
+init().catch((err) => console.error(err));
