@@ -66,6 +66,7 @@ import trio_websocket
 
 from daemon import metrics
 from daemon.apps.api import App
+from daemon.apps.chat import ChatApp
 from daemon.config import ADMIN_TOKEN_FILE, AdminTokenFile, Config, lock_data_dir
 from daemon.core.access import Access
 from daemon.core.effects import (
@@ -82,6 +83,7 @@ from daemon.core.effects import (
     RoomRemoved,
     Send,
     StartTimer,
+    TokenIssued,
 )
 from daemon.core.engine import Engine
 from daemon.logs import LogThrottle
@@ -101,7 +103,6 @@ from daemon.net.ratelimit import RateLimit, RequestLimiter, Verdict
 from daemon.store import Store, StoreWriter
 from daemon.tokens import Authority, ensure_join_secret
 from protocol import (
-    CORE_REQUESTS,
     CloseCode,
     Codec,
     ErrorCode,
@@ -110,7 +111,7 @@ from protocol import (
     negotiate,
 )
 from protocol import admin as adm
-from protocol.messages import Error, Hello, Request, Welcome
+from protocol.messages import ConnectionLimits, Error, Hello, Request
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +188,21 @@ class Daemon:
         self.nursery = nursery
         self.writer = writer
         self._admin_token = admin_token
+        self.authority = Authority(ensure_join_secret(config.data_dir),
+                                   admin_token=lambda: self.admin_token)
+        chat = next((app for app in apps if isinstance(app, ChatApp)), None)
+        limits = ConnectionLimits(
+            rate=config.rate_limit, burst=config.rate_burst if config.rate_limit else 0,
+            max_frame_bytes=config.max_frame_bytes,
+            max_text=chat.max_text if chat is not None else config.max_text,
+            max_name=chat.max_name if chat is not None else config.max_name)
         self.engine = Engine(apps, grace=config.grace, auto_create=config.auto_create,
                              server=f"roomctl/{VERSION}", require_tokens=config.require_tokens,
                              max_rooms=config.max_rooms,
                              max_participants=config.max_participants,
-                             empty_timeout=config.empty_timeout)
-        self.authority = Authority(ensure_join_secret(config.data_dir),
-                                   admin_token=lambda: self.admin_token)
-        room_types: tuple[type[Request], ...] = (*CORE_REQUESTS, *self.engine.request_types())
+                             empty_timeout=config.empty_timeout, limits=limits,
+                             sign_token=self.authority.issue)
+        room_types = self.engine.request_types()
         admin_types: tuple[type[Request], ...] = (Hello, *adm.ADMIN_REQUESTS)
         self.room_codecs = {f: Codec(f, room_types, max_frame_bytes=config.max_frame_bytes)
                             for f in WireFormat}
@@ -229,15 +237,22 @@ class Daemon:
     # --- applying effects ------------------------------------------------------------------
 
     async def apply(self, effects: Sequence[Effect]) -> None:
-        """Apply effects in order; waits only for room in the store's queue (backpressure)."""
-        for effect in effects:
-            if isinstance(effect, Persist):
-                await self.writer.submit(effect.writes, self._committed(effect))
-            else:
-                self.apply_now((effect,))
+        """Apply effects in order, then wait while the store's queue is full.
+
+        The effects of one input are applied at once, with no checkpoint among them (a
+        checkpoint would let another task's effects, a broadcast, overtake a welcome).
+        The wait after them is the backpressure of a connection's requests on the store:
+        its next frame is not read until the store has room.
+        """
+        self.apply_now(effects)
+        await self.writer.wait_for_room()
 
     def apply_now(self, effects: Sequence[Effect]) -> None:
-        """Apply effects without waiting (from callbacks and timers)."""
+        """Apply effects in order, without waiting (callbacks and timers use this alone).
+
+        Persists go to the store writer's one ordered queue (``submit_nowait``), so they
+        commit in the order they were made, those made by commit callbacks included.
+        """
         for effect in effects:
             if isinstance(effect, Send):
                 self._send(effect)
@@ -246,7 +261,7 @@ class Daemon:
                 if conn is not None:
                     conn.close(effect.code, effect.reason)
             elif isinstance(effect, Persist):
-                self.nursery.start_soon(self.apply, (effect,))
+                self.writer.submit_nowait(effect.writes, self._committed(effect))
             elif isinstance(effect, Query):
                 self.nursery.start_soon(self._query, effect)
             elif isinstance(effect, StartTimer):
@@ -281,6 +296,13 @@ class Daemon:
         elif isinstance(fact, ParticipantKicked):
             log.info("participant %s kicked from room %r", fact.session, fact.room,
                      extra={"event": "kicked", "room": fact.room, "session": fact.session})
+        elif isinstance(fact, TokenIssued):
+            self.counters["tokens_issued"] += 1
+            grants = ",".join(fact.grants)
+            log.info("issued a join token for room %r to identity %r (grants %s, valid %g s)",
+                     fact.room, fact.identity, grants, fact.ttl,
+                     extra={"event": "token-issued", "room": fact.room,
+                            "identity": fact.identity, "grants": grants})
         elif isinstance(fact, AccessRefused):
             self.counters["refused_hellos"] += 1
             conn = self.connections.get(fact.conn)
@@ -296,11 +318,11 @@ class Daemon:
                 self._corked = []
             if exc is None:
                 if effect.on_commit is not None:
-                    self.apply_now(effect.on_commit())
+                    self.apply_now(effect.on_commit(self.now()))
             else:
                 log.error("store write failed: %s", exc)
                 if effect.on_failure is not None:
-                    self.apply_now(effect.on_failure(exc))
+                    self.apply_now(effect.on_failure(exc, self.now()))
         return on_done
 
     def _send(self, effect: Send) -> None:
@@ -333,9 +355,9 @@ class Daemon:
         except Exception as exc:
             log.exception("reading the log of room %r failed", effect.room)
             if effect.on_failure is not None:
-                self.apply_now(effect.on_failure(exc))
+                self.apply_now(effect.on_failure(exc, self.now()))
             return
-        self.apply_now(effect.respond(entries))
+        self.apply_now(effect.respond(entries, self.now()))
 
     def _start_timer(self, effect: StartTimer) -> None:
         old = self.timers.pop(effect.key, None)
@@ -358,7 +380,7 @@ class Daemon:
 
     async def on_http(self, request: HttpRequest) -> HttpResponse:
         page = web.respond(
-            request, lambda: [self.engine.room_info(room) for room in self.engine.rooms.values()]
+            request, self.engine.room_infos
         )
         if page is not None:
             return page
@@ -366,7 +388,7 @@ class Daemon:
             return _json(405, {"error": "method not allowed"})
         if request.path == "/healthz":
             return _json(200, {"status": "ok", "version": VERSION,
-                               "rooms": len(self.engine.rooms),
+                               "rooms": len(self.engine.room_infos()),
                                "connections": len(self.connections)})
         if request.path == "/metrics":
             return HttpResponse(200, self._metrics().encode(),
@@ -383,7 +405,7 @@ class Daemon:
         gauges = {
             "rooms": len(self.engine.rooms),
             "connections": len(self.connections),
-            "sessions": sum(len(r.sessions) for r in self.engine.rooms.values()),
+            "sessions": self.engine.session_count(),
             "start_time_seconds": round(self.started_at, 3),
         }
         return metrics.exposition(self.counters, gauges)
@@ -523,7 +545,7 @@ class Daemon:
     async def _serve_room(self, conn: Connection, room: str) -> None:
         codec = self.room_codecs[conn.format]
         deadline = trio.current_time() + self.config.handshake_timeout
-        while conn.id not in self.engine.conns:
+        while not self.engine.welcomed(conn.id):
             hello = await self._hello(conn, codec, deadline)
             if hello is None:
                 return
@@ -533,7 +555,7 @@ class Daemon:
             await self.apply(self.engine.hello(conn.id, room, hello, self.now(), access))
             if conn.close_code is not None:
                 return
-        conn.room, conn.session = room, self.engine.conns[conn.id].id
+        conn.room, conn.session = self.engine.session_of(conn.id) or (room, None)
         conn.limiter = self._limiter(access)
         while True:
             frame = await self._receive(conn, codec)
@@ -550,27 +572,15 @@ class Daemon:
         access = self._access(conn, hello)
         if access is None:
             return
-        if access.anonymous or not (access.is_admin or "admin" in access.grants):
-            unauthorized = access.anonymous
-            self.apply_now([Send((conn.id,), Error(
-                ref=hello.ref, code=ErrorCode.UNAUTHORIZED if unauthorized else ErrorCode.FORBIDDEN,
-                message="the admin token (or a join token with the admin grant) is required"))])
-            conn.close(CloseCode.UNAUTHORIZED if unauthorized else CloseCode.FORBIDDEN,
-                       "admin token required")
+        self.apply_now(self.engine.admin_hello(conn.id, hello, self.now(), access))
+        if conn.close_code is not None:
             return
-        self.apply_now([Send((conn.id,), Welcome(ref=hello.ref, session_id=f"admin-{conn.id}",
-                                                 grace=self.config.grace,
-                                                 server=f"roomctl/{VERSION}"))])
         conn.limiter = self._limiter(access)
         while True:
             frame = await self._receive(conn, codec)
             if conn.limiter is not None and not self._within_rate(conn, conn.limiter, frame):
                 continue
-            if isinstance(frame, Hello):
-                self._reject(conn, frame.ref, ProtocolError(ErrorCode.CONFLICT,
-                                                            "this connection already said hello"))
-                continue
-            await self.apply(self._admin_request(conn, frame, access))
+            await self.apply(self.engine.admin(conn.id, frame, self.now()))
 
     def _access(self, conn: Connection, hello: Hello) -> Access | None:
         """Return what the hello's token proves; None after refusing a bad token (4001)."""
@@ -582,25 +592,6 @@ class Daemon:
                                                    message=exc.message))])
             conn.close(CloseCode.UNAUTHORIZED, exc.message[:120])
             return None
-
-    def _admin_request(self, conn: Connection, frame: Request, access: Access) -> list[Effect]:
-        if not isinstance(frame, adm.CreateToken):
-            return self.engine.admin(conn.id, frame, self.now(), access)
-        if not access.is_admin:
-            return [Send((conn.id,), Error(ref=frame.ref, code=ErrorCode.FORBIDDEN,
-                                           message="create-token needs the admin token"))]
-        token, expires_at = self.authority.issue(room=frame.room, identity=frame.identity,
-                                                 name=frame.name, grants=list(frame.grants),
-                                                 ttl=frame.ttl, now=self.now())
-        self.counters["tokens_issued"] += 1
-        grants = ",".join(sorted(set(frame.grants)))
-        log.info("issued a join token for room %r to identity %r (grants %s, valid %g s)",
-                 frame.room, frame.identity, grants, frame.ttl,
-                 extra={"event": "token-issued", "room": frame.room,
-                        "identity": frame.identity, "grants": grants, "expires_at": expires_at})
-        return [Send((conn.id,), adm.TokenIssued(
-            ref=frame.ref, token=token, room=frame.room, identity=frame.identity,
-            grants=sorted(set(frame.grants)), expires_at=expires_at))]
 
     # --- limits ----------------------------------------------------------------------------
 
@@ -625,10 +616,11 @@ class Daemon:
             return True
         self.counters["rate_limited"] += 1
         limit = self.rate_limit
+        retry_after = math.ceil(limiter.retry_after() * 100) / 100
         self.apply_now([Send((conn.id,), Error(
-            ref=frame.ref, code=ErrorCode.RATE_LIMITED,
+            ref=frame.ref, code=ErrorCode.RATE_LIMITED, retry_after=retry_after,
             message=f"over {limit.rate:g} requests per second (bursts of {limit.burst}); "
-                    f"retry in {math.ceil(limiter.retry_after() * 100) / 100:.2f} s"))])
+                    f"retry in {retry_after:.2f} s"))])
         if verdict is Verdict.CLOSE:
             self.counters["rate_limit_closes"] += 1
             conn.close(CloseCode.POLICY_VIOLATION, "too many requests")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import jwt
 
 from daemon.config import write_secret_file
 from daemon.core.access import ADMIN, ALL_GRANTS, ANONYMOUS, Access
+from protocol import Grant
 from protocol.errors import ErrorCode, ProtocolError
 
 JOIN_SECRET_FILE = "join-secret"
@@ -41,10 +41,10 @@ class Authority:
         self._secret = secret
         self._admin_token = admin_token  # read at each check: the token can be rotated
 
-    def issue(self, *, room: str, identity: str, name: str | None, grants: list[str],
-              ttl: float, now: float | None = None) -> tuple[str, float]:
+    def issue(self, *, room: str, identity: str, name: str | None, grants: list[Grant],
+              ttl: float, now: float) -> tuple[str, float]:
         """Return a signed join token and its expiry (Unix seconds)."""
-        issued = time.time() if now is None else now
+        issued = now
         expires = issued + ttl
         claims: dict[str, Any] = {
             "iss": ISSUER, "aud": AUDIENCE, "room": room, "sub": identity,
@@ -81,7 +81,8 @@ class Authority:
                 and isinstance(room, str) and isinstance(identity, str)
                 and (name is None or (isinstance(name, str) and 0 < len(name) <= 64))):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "invalid token: bad claims")
-        return Access(grants=frozenset(grants), room=room, identity=identity, name=name)
+        return Access(grants=frozenset(Grant(g) for g in grants), room=room, identity=identity,
+                      name=name)
 
 
 def ensure_join_secret(data_dir: Path) -> bytes:

@@ -3,12 +3,12 @@
 The connection opens with the same ``hello``, carrying the admin token.
 """
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from protocol.limits import AppName, DisplayName, Identity, RoomName, SessionId, TokenTtl
-from protocol.messages import Participant, Reply, Request, RoomInfo
+from protocol.messages import Grant, Participant, Reply, Request, RoomInfo
 
 
 class CreateRoom(Request, tag="create-room", frozen=True, kw_only=True):
@@ -45,12 +45,7 @@ class Kick(Request, tag="kick", frozen=True, kw_only=True):
     participant_id: SessionId
 
 
-Grant = Literal["join", "post", "media", "hidden", "admin"]
-"""What a join token allows: ``join`` the room; ``post`` messages, the topic and pins;
-``media``: take part in the call; ``hidden``: observe without being listed; ``admin``:
-manage that one room on the admin endpoint (get-room, kick, delete-room)."""
-
-DEFAULT_GRANTS: tuple[Grant, ...] = ("join", "post", "media")
+DEFAULT_GRANTS: tuple[Grant, ...] = (Grant.JOIN, Grant.POST, Grant.MEDIA)
 
 
 class CreateToken(Request, tag="create-token", frozen=True, kw_only=True):

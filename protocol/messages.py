@@ -9,12 +9,16 @@ App-specific messages (the chat app's, see ``protocol.chat``) derive from the sa
 bases and are merged into the decoders at start-up.
 """
 
+import enum
 from typing import Any, Literal
 
 import msgspec
 
 from protocol.errors import ErrorCode
 from protocol.limits import (
+    MAX_DISPLAY_NAME,
+    MAX_FRAME_BYTES,
+    MAX_MESSAGE_TEXT,
     AppName,
     CandidateLine,
     DisplayName,
@@ -51,6 +55,34 @@ class Reply(Event, frozen=True, kw_only=True):
 
 
 # --- shared value types (not frames) ---------------------------------------------------------
+
+
+class Grant(enum.StrEnum):
+    """What a token allows; a join token carries a list of these (the admin token, all).
+
+    ``join`` the room; ``post`` messages, the topic and pins; ``media``: take part in the
+    call; ``hidden``: observe without being listed; ``admin``: manage that one room on the
+    admin endpoint (get-room, kick, delete-room). On the wire, the lower-case value.
+    """
+
+    JOIN = "join"
+    POST = "post"
+    MEDIA = "media"
+    HIDDEN = "hidden"
+    ADMIN = "admin"
+
+
+class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What this daemon allows one connection (``welcome.limits``), so a client can stay
+    within it instead of learning it from refusals. ``rate`` 0: requests are not limited
+    (the admin token's connections are never limited)."""
+
+    rate: float = 0.0  # requests per second, sustained
+    burst: int = 0  # requests at once after a quiet spell
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_text: int = MAX_MESSAGE_TEXT  # characters of a chat message
+    max_name: int = MAX_DISPLAY_NAME  # characters of a display name
+    max_participants: int | None = None  # in this room (hidden observers not counted)
 
 
 class MediaState(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,6 +202,7 @@ class Welcome(Reply, tag="welcome", frozen=True, kw_only=True):
     grace: float = 60.0
     protocol: int = PROTOCOL_VERSION
     server: str = ""
+    limits: ConnectionLimits | None = None  # new in v1: absent from older daemons
 
 
 class Ok(Reply, tag="ok", frozen=True, kw_only=True):
@@ -179,10 +212,17 @@ class Ok(Reply, tag="ok", frozen=True, kw_only=True):
 
 
 class Error(Reply, tag="error", frozen=True, kw_only=True):
-    """A request failed; ``code`` is stable, ``message`` is for people."""
+    """A request failed; ``code`` is stable, ``message`` is for people.
+
+    ``retry_after``: seconds to wait before trying again (``rate-limited``); ``grant``: the
+    grant the request needed and the token lacks (``forbidden``). Both new in v1, absent
+    where they do not apply.
+    """
 
     code: ErrorCode
     message: str = ""
+    retry_after: float | None = None
+    grant: Grant | None = None
 
 
 class Participants(Reply, tag="participants", frozen=True, kw_only=True):

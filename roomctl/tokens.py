@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ token_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-GRANTS: tuple[str, ...] = get_args(Grant)
+GRANTS: tuple[str, ...] = tuple(Grant)
 
 
 @token_app.command("create")

@@ -23,8 +23,9 @@ import trio
 import trio_websocket
 
 import daemon
-from daemon.apps.api import App, Context
+from daemon.apps.api import App, Context, handles
 from daemon.apps.chat import ChatApp
+from daemon.core.access import ADMIN as ADMIN_ACCESS
 from daemon.core.effects import Effect, Persist, RoomCreated, Send
 from daemon.core.engine import Engine
 from daemon.core.records import PutRoom, StoredRoom
@@ -89,7 +90,6 @@ class TallyChanged(Event, tag="tally-changed", frozen=True, kw_only=True):
 class PollApp(App[PollMeta, Voter]):
     name = "poll"
     room_meta_type = PollMeta
-    requests = (CastVote, ClosePoll)
     events = (TallyChanged,)
 
     def create_room(self, options: dict[str, Any] | None, *, creator: str | None) -> PollMeta:
@@ -104,16 +104,8 @@ class PollApp(App[PollMeta, Voter]):
     def participant_view(self, meta: Voter) -> VoterView:
         return VoterView(name=meta.name, voted=meta.choice is not None)
 
-    def handle(self, ctx: Context, request: Request) -> None:
-        if isinstance(request, CastVote):
-            self._vote(ctx, request)
-        elif isinstance(request, ClosePoll):
-            self._close(ctx)
-        else:
-            super().handle(ctx, request)
-
-    @staticmethod
-    def _vote(ctx: Context, request: CastVote) -> None:
+    @handles(CastVote)
+    def vote(self, ctx: Context, request: CastVote) -> None:
         poll: PollMeta = ctx.room_meta
         voter: Voter = ctx.session_meta
         if ctx.session is not None and ctx.session.hidden:
@@ -137,8 +129,8 @@ class PollApp(App[PollMeta, Voter]):
 
         ctx.persist(write, then=counted)
 
-    @staticmethod
-    def _close(ctx: Context) -> None:
+    @handles(ClosePoll)
+    def close(self, ctx: Context, request: ClosePoll) -> None:
         poll: PollMeta = ctx.room_meta
         write = ctx.set_room_meta(msgspec.structs.replace(poll, closed=True))
 
@@ -163,13 +155,15 @@ ADMIN, ALICE, BOB, CAROL = 99, 1, 2, 3
 def make_engine(*apps: App[Any, Any]) -> Engine:
     ids = (f"s{n}" for n in itertools.count(1))
     tokens = (f"token-{n}" for n in itertools.count(1))
-    return Engine(list(apps) or [ChatApp(), PollApp()], grace=10.0, server="test",
-                  new_id=lambda: next(ids), new_token=lambda: next(tokens))
+    engine = Engine(list(apps) or [ChatApp(), PollApp()], grace=10.0, server="test",
+                    new_id=lambda: next(ids), new_token=lambda: next(tokens))
+    engine.admin_hello(ADMIN, Hello(), T0 - 100, ADMIN_ACCESS)
+    return engine
 
 
 def commit(effect: Effect) -> list[Effect]:
     assert isinstance(effect, Persist) and effect.on_commit is not None
-    return list(effect.on_commit())
+    return list(effect.on_commit(T0 + 50))
 
 
 def put_poll(meta: PollMeta, room: str = "lunch") -> PutRoom:
@@ -292,7 +286,7 @@ def test_a_poll_room_is_restored_from_what_it_persisted(polling: Engine) -> None
 
     restarted = make_engine()
     restarted.restore([StoredRoom(name=stored.name, app=stored.app,
-                                  created_at=stored.created_at, meta=stored.meta, last_seq=0)])
+                                  created_at=stored.created_at, meta=stored.meta, last_seq=0)], T0)
 
     assert restarted.rooms["lunch"].meta == msgspec.structs.replace(
         LUNCH_META, tally={"tea": 1, "soup": 0, "pie": 0})

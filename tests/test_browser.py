@@ -247,7 +247,7 @@ async def test_the_access_check_answers_as_a_hello_would_and_takes_the_token_fro
 
     def token(room: str, **kw: Any) -> str:
         return signer.issue(room=room, identity="eve", name=None, grants=["join"],
-                            ttl=kw.get("ttl", 600), now=kw.get("now"))[0]
+                            ttl=kw.get("ttl", 600), now=kw.get("now", time.time()))[0]
 
     async def access(room: str, bearer: str | None = None, query: str = "") -> Any:
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
@@ -693,7 +693,7 @@ def test_an_invitation_link_that_cannot_be_used_says_why(
         title, reason = "This invitation link has expired", "the token has expired"
     else:
         token = signer.issue(room="elsewhere", identity="lost", name=None, grants=["join"],
-                             ttl=600)[0]
+                             ttl=600, now=time.time())[0]
         title, reason = "This invitation link does not open this room", "for room 'elsewhere'"
     page = RoomPage(contexts(), daemon.http, "private", "late", fragment=f"#token={token}")
 

@@ -4,7 +4,9 @@ Every test drives ``daemon.engine.Engine`` with the built-in chat app, determini
 session ids (``s1``, ``s2``...) and resume tokens (``token-1``...), explicit ``now``
 values and small integer connection ids, and compares the whole list of effects it
 returns. Deferred effects are checked by calling them as the server would: a
-``Persist``'s ``on_commit()`` / ``on_failure(exc)``, a ``Query``'s ``respond(entries)``.
+``Persist``'s ``on_commit(now)`` / ``on_failure(exc, now)``, a ``Query``'s
+``respond(entries, now)``. The admin endpoint's connection (``ADMIN``) is welcomed with
+the admin token when the engine is made.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import pytest
 
 from daemon.apps.api import App, Context
 from daemon.apps.chat import ChatApp
+from daemon.core.access import ADMIN as ADMIN_ACCESS
+from daemon.core.access import ANONYMOUS, Access
 from daemon.core.effects import (
     AccessRefused,
     CancelTimer,
@@ -34,7 +38,7 @@ from daemon.core.effects import (
 from daemon.core.engine import Engine
 from daemon.core.records import AppendLog, LogEntry, PutRoom, StoredRoom
 from daemon.core.records import DeleteRoom as DeleteRoomRecord
-from protocol import CloseCode, ErrorCode, Request
+from protocol import CloseCode, ErrorCode, Grant, Request
 from protocol import admin as adm
 from protocol.chat import (
     ChatMessage,
@@ -95,8 +99,17 @@ def make_engine(*apps: App[Any, Any], **options: Any) -> Engine:
     """An engine whose session ids are s1, s2... and resume tokens token-1, token-2..."""
     ids = (f"s{n}" for n in itertools.count(1))
     tokens = (f"token-{n}" for n in itertools.count(1))
-    return Engine(list(apps) or [ChatApp()], grace=GRACE, server="roomctl-test",
-                  new_id=lambda: next(ids), new_token=lambda: next(tokens), **options)
+    engine = Engine(list(apps) or [ChatApp()], grace=GRACE, server="roomctl-test",
+                    new_id=lambda: next(ids), new_token=lambda: next(tokens),
+                    sign_token=fake_signer, **options)
+    engine.admin_hello(ADMIN, Hello(), T0 - 100, ADMIN_ACCESS)
+    return engine
+
+
+def fake_signer(*, room: str, identity: str, name: str | None, grants: list[Grant],
+                ttl: float, now: float) -> tuple[str, float]:
+    """Stands in for daemon.tokens' JWT signer: the engine only passes the claims through."""
+    return f"token:{room}:{identity}:{','.join(grants)}", now + ttl
 
 
 def person(session_id: str, name: str, joined_at: float, *, live: bool = True,
@@ -118,8 +131,9 @@ def chat_room(name: str = ROOM, *, participants: int, created_at: float = T0,
                     last_seq=last_seq, meta=meta or ChatRoomMeta(creator="alice"))
 
 
-def error(conn: int, code: ErrorCode, ref: str | None = None, message: Any = ANY) -> Send:
-    return Send((conn,), Error(ref=ref, code=code, message=message))
+def error(conn: int, code: ErrorCode, ref: str | None = None, message: Any = ANY,
+          grant: Any = ANY) -> Send:
+    return Send((conn,), Error(ref=ref, code=code, message=message, grant=grant))
 
 
 def only_persist(effects: list[Effect]) -> Persist:
@@ -128,14 +142,14 @@ def only_persist(effects: list[Effect]) -> Persist:
     return effects[0]
 
 
-def commit(persist: Effect) -> list[Effect]:
+def commit(persist: Effect, now: float = T0 + 50) -> list[Effect]:
     assert isinstance(persist, Persist) and persist.on_commit is not None
-    return list(persist.on_commit())
+    return list(persist.on_commit(now))
 
 
 def fail(persist: Effect) -> list[Effect]:
     assert isinstance(persist, Persist) and persist.on_failure is not None
-    return list(persist.on_failure(OSError("disk full")))
+    return list(persist.on_failure(OSError("disk full"), T0 + 50))
 
 
 def message(seq: int, at: float, sender: str, name: str, text: str) -> ChatMessage:
@@ -244,7 +258,7 @@ def test_without_auto_create_an_unknown_room_is_refused_and_closed() -> None:
         error(ALICE, ErrorCode.NOT_FOUND, "h"),
         Close(ALICE, CloseCode.ROOM_NOT_FOUND, ANY),
     ]
-    assert engine.rooms == {} and engine.conns == {}
+    assert engine.rooms == {} and not engine.welcomed(ALICE)
 
 
 def test_without_auto_create_an_admin_created_room_is_joinable() -> None:
@@ -318,7 +332,7 @@ def test_resume_with_a_wrong_token_is_not_found_and_makes_no_session(pair: Engin
     effects = pair.hello(CAROL, ROOM, Hello(resume="token-999", ref="h"), T0 + 20)
 
     assert effects == [error(CAROL, ErrorCode.NOT_FOUND, "h")]
-    assert CAROL not in pair.conns
+    assert not pair.welcomed(CAROL)
     assert pair.request(CAROL, GetParticipants(ref="p"), T0 + 21) == [
         error(CAROL, ErrorCode.BAD_REQUEST, "p", "say hello first")
     ]
@@ -331,7 +345,7 @@ def test_resume_after_the_grace_expired_is_not_found(pair: Engine) -> None:
     effects = pair.hello(CAROL, ROOM, Hello(resume="token-1", ref="h"), T0 + 11 + GRACE)
 
     assert effects == [error(CAROL, ErrorCode.NOT_FOUND, "h")]
-    assert CAROL not in pair.conns
+    assert not pair.welcomed(CAROL)
     assert [p.id for p in pair.participants(pair.rooms[ROOM])] == ["s2"]
 
 
@@ -357,7 +371,7 @@ def test_resume_while_the_old_connection_is_attached_closes_the_old_one(pair: En
     ]
     # The old connection's end is no longer the session's: no grace timer, no update.
     assert pair.disconnect(ALICE, T0 + 21) == []
-    assert pair.conns[CAROL].id == "s1"
+    assert pair.session_of(CAROL) == (ROOM, "s1")
 
 
 # --- hidden observers --------------------------------------------------------------------------
@@ -440,7 +454,7 @@ def test_a_room_with_max_participants_refuses_one_more_but_not_observers(engine:
     assert engine.hello(CAROL, ROOM, Hello(name="carol", ref="h"), T0 + 2) == [
         error(CAROL, ErrorCode.ROOM_FULL, "h")
     ]
-    assert CAROL not in engine.conns
+    assert not engine.welcomed(CAROL)
     effects = engine.hello(OBSERVER, ROOM, Hello(name="tail", hidden=True), T0 + 3)
     assert isinstance(effects[0], Send) and isinstance(effects[0].frame, Welcome)
     assert engine.rooms[ROOM].visible_count() == 2
@@ -477,7 +491,7 @@ def test_the_lower_of_the_room_limit_and_the_daemon_cap_applies() -> None:
     engine = make_engine(max_participants=1)
     # A room stored before the cap was lowered keeps its own, higher, limit on disk.
     engine.restore([StoredRoom(name=ROOM, app="chat", created_at=T0, last_seq=0,
-                               meta=msgspec.json.encode(ChatRoomMeta(max_participants=5)))])
+                               meta=msgspec.json.encode(ChatRoomMeta(max_participants=5)))], T0)
     engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
 
     assert engine.hello(BOB, ROOM, Hello(name="bob", ref="h"), T0 + 1) == [
@@ -528,8 +542,8 @@ def test_leaving_the_room_empty_starts_the_wait_at_once() -> None:
 
     assert engine.request(ALICE, Leave(ref="l"), T0 + 5) == [
         Send((ALICE,), Ok(ref="l")),
-        StartTimer(("empty", ROOM), T0 + 5 + EMPTY),
         Close(ALICE, CloseCode.NORMAL, ANY),
+        StartTimer(("empty", ROOM), T0 + 5 + EMPTY),
     ]
 
 
@@ -957,10 +971,10 @@ def test_get_messages_forward_reads_one_extra_to_learn_has_more(pair: Engine) ->
 
     assert (query.room, query.after, query.before, query.limit) == (ROOM, 0, None, 3)
     # The store returns the first limit+1 after the cursor, ascending.
-    assert list(query.respond([log_entry(m) for m in HISTORY[0:3]])) == [
+    assert list(query.respond([log_entry(m) for m in HISTORY[0:3]], T0 + 50)) == [
         Send((BOB,), Messages(ref="g", messages=HISTORY[0:2], has_more=True)),
     ]
-    assert list(query.respond([log_entry(m) for m in HISTORY[3:5]])) == [
+    assert list(query.respond([log_entry(m) for m in HISTORY[3:5]], T0 + 50)) == [
         Send((BOB,), Messages(ref="g", messages=HISTORY[3:5], has_more=False)),
     ]
 
@@ -970,23 +984,24 @@ def test_get_messages_backward_keeps_the_newest_of_the_page(pair: Engine) -> Non
 
     assert (query.room, query.after, query.before, query.limit) == (ROOM, None, None, 3)
     # The store returns the last limit+1 (before the cursor), ascending.
-    assert list(query.respond([log_entry(m) for m in HISTORY[2:5]])) == [
+    assert list(query.respond([log_entry(m) for m in HISTORY[2:5]], T0 + 50)) == [
         Send((BOB,), Messages(ref="g", messages=HISTORY[3:5], has_more=True)),
     ]
 
     older = query_of(pair.request(BOB, GetMessages(before=4, limit=3, ref="o"), T0 + 11))
     assert (older.after, older.before, older.limit) == (None, 4, 4)
-    assert list(older.respond([log_entry(m) for m in HISTORY[0:3]])) == [
+    assert list(older.respond([log_entry(m) for m in HISTORY[0:3]], T0 + 50)) == [
         Send((BOB,), Messages(ref="o", messages=HISTORY[0:3], has_more=False)),
     ]
-    assert list(older.respond([])) == [Send((BOB,), Messages(ref="o", messages=[]))]
+    assert list(older.respond([], T0 + 50)) == [Send((BOB,), Messages(ref="o", messages=[]))]
 
 
 def test_get_messages_answers_internal_when_the_store_cannot_read(pair: Engine) -> None:
     query = query_of(pair.request(BOB, GetMessages(limit=2, ref="g"), T0 + 10))
 
     assert query.on_failure is not None
-    assert list(query.on_failure(OSError("disk gone"))) == [error(BOB, ErrorCode.INTERNAL, "g")]
+    assert list(query.on_failure(OSError("disk gone"), T0 + 50)) == [
+        error(BOB, ErrorCode.INTERNAL, "g")]
 
 
 # --- a room of another app ---------------------------------------------------------------------
@@ -1024,7 +1039,7 @@ def test_an_app_request_the_rooms_app_does_not_support_is_a_bad_request() -> Non
 
 def test_a_stored_room_of_an_app_not_installed_is_not_overwritten(engine: Engine) -> None:
     engine.restore([StoredRoom(name="poll-1", app="poll", created_at=T0,
-                               meta=b'{"question":"tea?"}', last_seq=3)])
+                               meta=b'{"question":"tea?"}', last_seq=3)], T0)
 
     effects = engine.hello(ALICE, "poll-1", Hello(name="alice", ref="h"), T0 + 1)
 
@@ -1035,7 +1050,7 @@ def test_a_stored_room_of_an_app_not_installed_is_not_overwritten(engine: Engine
 def test_restore_loads_rooms_with_their_committed_seq(engine: Engine) -> None:
     meta = ChatRoomMeta(topic="kept", pins=[2], creator="zoe")
     engine.restore([StoredRoom(name=ROOM, app="chat", created_at=T0 - 50,
-                               meta=msgspec.json.encode(meta), last_seq=7)])
+                               meta=msgspec.json.encode(meta), last_seq=7)], T0)
 
     effects = engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
 
@@ -1157,10 +1172,10 @@ def test_kick_closes_the_connection_and_announces_a_kicked_leave(pair: Engine) -
 
     assert effects == [
         ParticipantKicked(ROOM, "s2"),
-        Close(BOB, CloseCode.KICKED, ANY),
         Send((ALICE,), RemovePeer(peer_id="s2")),
         Send((BOB,), RemovePeer(peer_id="s1")),  # harmless: Bob's connection is closing
         Send((ALICE,), ParticipantLeft(participant_id="s2", reason="kicked")),
+        Close(BOB, CloseCode.KICKED, ANY),
         Send((ADMIN,), Ok(ref="k")),
     ]
     assert pair.disconnect(BOB, T0 + 5) == []
@@ -1215,7 +1230,6 @@ def test_a_hello_for_another_protocol_version_is_refused(engine: Engine) -> None
 
 # --- access: private rooms, join tokens and grants (daemon.auth.Access) -------------------------
 
-from daemon.core.access import ANONYMOUS, Access  # noqa: E402
 
 
 def token_access(room: str = ROOM, *grants: str, name: str | None = None) -> Access:
@@ -1233,7 +1247,7 @@ def test_hello_without_token_to_a_private_room_is_unauthorized_and_closed() -> N
                        Close(ALICE, CloseCode.UNAUTHORIZED, ANY),
                        AccessRefused(ROOM, ALICE, ErrorCode.UNAUTHORIZED,
                                      f"room {ROOM!r} needs a join token")]
-    assert engine.conns == {}
+    assert not engine.welcomed(ALICE)
 
 
 def test_a_token_for_another_room_is_forbidden_and_closed(engine: Engine) -> None:

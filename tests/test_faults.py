@@ -9,7 +9,7 @@ import msgspec
 import trio_websocket
 
 import daemon
-from daemon.apps.api import Context
+from daemon.apps.api import Context, handles
 from daemon.apps.chat import ChatApp
 from protocol import Request
 from tests.conftest import running_server
@@ -23,12 +23,10 @@ class FragileChat(ChatApp):
     """The chat app plus one request that raises: a stand-in for a bug in an app."""
 
     name = "fragile"
-    requests = (*ChatApp.requests, Explode)
 
-    def handle(self, ctx: Context, request: Request) -> None:
-        if isinstance(request, Explode):
-            raise RuntimeError("a bug in an app handler")
-        super().handle(ctx, request)
+    @handles(Explode)
+    def explode(self, ctx: Context, request: Explode) -> None:
+        raise RuntimeError("a bug in an app handler")
 
 
 async def test_a_handler_crash_closes_only_that_connection_with_1011(

@@ -65,14 +65,15 @@ def make_token(srv: Server, kind: str, grants: list[str], room: str = ROOM) -> s
     """A token of ``kind``: valid, expired, forged, wrong-room or missing-grant."""
     if kind == "forged":
         forger = Authority(b"\x01" * 32, admin_token=lambda: "x")
-        return forger.issue(room=room, identity="mallory", name=None, grants=grants, ttl=600)[0]
+        return forger.issue(room=room, identity="mallory", name=None, grants=grants, ttl=600,
+                            now=time.time())[0]
     if kind == "expired":
         return authority(srv).issue(room=room, identity="late", name=None, grants=grants,
                                     ttl=60, now=time.time() - 3600)[0]
     if kind == "wrong-room":
         room = OTHER
     return authority(srv).issue(room=room, identity="alice", name="Alice", grants=grants,
-                                ttl=600)[0]
+                                ttl=600, now=time.time())[0]
 
 
 async def refused_hello(client: Client, **hello: Any) -> tuple[str, int]:

@@ -11,17 +11,15 @@ the protocol's own bounds the decoder answers ``bad-request`` before the app see
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from daemon.apps.api import App, Context
+from daemon.apps.api import App, Context, handles
 from daemon.core.records import LogEntry
-from protocol import ErrorCode, ProtocolError, Request
+from protocol import ErrorCode, Grant, ProtocolError
 from protocol.chat import (
     CHAT_EVENTS,
-    CHAT_REQUESTS,
     MAX_PINS,
     ChatMessage,
     ChatParticipantMeta,
@@ -48,14 +46,15 @@ _decode_message = msgspec.msgpack.Decoder(ChatMessage).decode
 
 
 class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
-    """Rooms where participants chat; the default app of ``roomctl serve``."""
+    """Rooms where participants chat; the default app of ``roomctl serve``.
+
+    Writing to the room's history and its shared state (messages, topic, pins) needs the
+    ``post`` grant; names, statuses and reading history need only being in the room.
+    """
 
     name = "chat"
     room_meta_type = ChatRoomMeta
-    requests = CHAT_REQUESTS
     events = CHAT_EVENTS
-    # Writing to the room's history and its shared state needs the post grant.
-    required_grants = {SendMessage: "post", SetTopic: "post", Pin: "post", Unpin: "post"}
 
     def __init__(self, *, max_text: int = MAX_MESSAGE_TEXT,
                  max_name: int = MAX_DISPLAY_NAME) -> None:
@@ -80,19 +79,6 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
             self._check_name(hello.name)
         return ChatParticipantMeta(name=hello.name or DEFAULT_NAME)
 
-    def handle(self, ctx: Context, request: Request) -> None:
-        if isinstance(request, SendMessage) and len(request.text) > self.max_text:
-            raise ProtocolError(ErrorCode.TOO_LARGE,
-                                f"the message is {len(request.text)} characters; this daemon "
-                                f"accepts at most {self.max_text}")
-        if isinstance(request, SetName):
-            self._check_name(request.name)
-        handler = _HANDLERS.get(type(request))
-        if handler is None:
-            super().handle(ctx, request)
-        else:
-            handler(ctx, request)
-
     def _check_name(self, name: str) -> None:
         """Raise ProtocolError ``too-large`` for a name over this daemon's limit."""
         if len(name) > self.max_name:
@@ -100,67 +86,104 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
                                 f"the name is {len(name)} characters; this daemon accepts at "
                                 f"most {self.max_name}")
 
+    # --- requests ----------------------------------------------------------------------------
 
-def _set_name(ctx: Context, request: Request) -> None:
-    assert isinstance(request, SetName)
-    ctx.set_session_meta(msgspec.structs.replace(ctx.session_meta, name=request.name))
-    ctx.ok()
+    @handles(SetName)
+    def set_name(self, ctx: Context, request: SetName) -> None:
+        self._check_name(request.name)
+        ctx.set_session_meta(msgspec.structs.replace(ctx.session_meta, name=request.name))
+        ctx.ok()
 
+    @handles(SetStatus)
+    def set_status(self, ctx: Context, request: SetStatus) -> None:
+        meta = msgspec.structs.replace(ctx.session_meta, status=request.status,
+                                       status_text=request.text)
+        ctx.set_session_meta(meta)
+        ctx.ok()
 
-def _set_status(ctx: Context, request: Request) -> None:
-    assert isinstance(request, SetStatus)
-    meta = msgspec.structs.replace(ctx.session_meta, status=request.status,
-                                   status_text=request.text)
-    ctx.set_session_meta(meta)
-    ctx.ok()
+    @handles(SendMessage, grant=Grant.POST)
+    def send_message(self, ctx: Context, request: SendMessage) -> None:
+        if len(request.text) > self.max_text:
+            raise ProtocolError(ErrorCode.TOO_LARGE,
+                                f"the message is {len(request.text)} characters; this daemon "
+                                f"accepts at most {self.max_text}")
+        assert ctx.session is not None
+        sender: ChatParticipantMeta = ctx.session_meta
+        message = ChatMessage(
+            seq=ctx.allocate_seq(),
+            at=ctx.now,
+            sender_id=ctx.session.id,
+            sender_name=sender.name,
+            text=request.text,
+        )
 
+        def posted(after: Context) -> None:
+            if after.session is not None and after.session.room is after.room:
+                # The count is part of the participant view, but announcing it per message
+                # would double the room's traffic; clients see it in participant lists.
+                meta: ChatParticipantMeta = after.session_meta
+                after.set_session_meta(
+                    msgspec.structs.replace(meta, messages_sent=meta.messages_sent + 1),
+                    announce=False,
+                )
+            after.ok(seq=message.seq)
+            after.broadcast(MessagePosted(message=message))
 
-def _send_message(ctx: Context, request: Request) -> None:
-    assert isinstance(request, SendMessage)
-    assert ctx.session is not None
-    sender: ChatParticipantMeta = ctx.session_meta
-    message = ChatMessage(
-        seq=ctx.allocate_seq(),
-        at=ctx.now,
-        sender_id=ctx.session.id,
-        sender_name=sender.name,
-        text=request.text,
-    )
+        ctx.persist(ctx.log_entry(message.seq, _encode_message(message)), then=posted)
 
-    def posted(after: Context) -> None:
-        if after.session is not None and after.session.room is after.room:
-            # The count is part of the participant view, but announcing it per message
-            # would double the room's traffic; clients see it in participant lists.
-            meta: ChatParticipantMeta = after.session_meta
-            after.set_session_meta(
-                msgspec.structs.replace(meta, messages_sent=meta.messages_sent + 1),
-                announce=False,
-            )
-        after.ok(seq=message.seq)
-        after.broadcast(MessagePosted(message=message))
+    @handles(GetMessages)
+    def get_messages(self, ctx: Context, request: GetMessages) -> None:
+        limit = request.limit
 
-    ctx.persist(ctx.log_entry(message.seq, _encode_message(message)), then=posted)
+        def respond(after: Context, entries: list[LogEntry]) -> None:
+            has_more = len(entries) > limit
+            if has_more:
+                # One extra entry was read to learn whether the page is cut; drop it from
+                # the far end: the newest when paging forward, the oldest when backward.
+                entries = entries[:limit] if request.after is not None else entries[-limit:]
+            messages = [_decode_message(e.body) for e in entries]
+            forward = request.after is not None
+            fitting = _fit_in_frame(messages if forward else messages[::-1])
+            if len(fitting) < len(messages):
+                has_more = True
+                messages = fitting if forward else fitting[::-1]
+            after.reply(Messages(ref=after.ref, messages=messages, has_more=has_more))
 
+        ctx.query(after=request.after, before=request.before, limit=limit + 1, respond=respond)
 
-def _get_messages(ctx: Context, request: Request) -> None:
-    assert isinstance(request, GetMessages)
-    limit = request.limit
+    @handles(SetTopic, grant=Grant.POST)
+    def set_topic(self, ctx: Context, request: SetTopic) -> None:
+        by = ctx.session.id if ctx.session is not None else None
+        previous = ctx.room_meta
+        write = ctx.set_room_meta(msgspec.structs.replace(previous, topic=request.topic))
 
-    def respond(after: Context, entries: list[LogEntry]) -> None:
-        has_more = len(entries) > limit
-        if has_more:
-            # One extra entry was read to learn whether the page is cut; drop it from the
-            # far end: the newest when paging forward, the oldest when paging backward.
-            entries = entries[:limit] if request.after is not None else entries[-limit:]
-        messages = [_decode_message(e.body) for e in entries]
-        forward = request.after is not None
-        fitting = _fit_in_frame(messages if forward else messages[::-1])
-        if len(fitting) < len(messages):
-            has_more = True
-            messages = fitting if forward else fitting[::-1]
-        after.reply(Messages(ref=after.ref, messages=messages, has_more=has_more))
+        def changed(after: Context) -> None:
+            after.ok()
+            after.broadcast(TopicChanged(topic=request.topic, by=by))
 
-    ctx.query(after=request.after, before=request.before, limit=limit + 1, respond=respond)
+        ctx.persist(write, then=changed, undo=ctx.room_meta_undo(previous))
+
+    @handles(Pin, Unpin, grant=Grant.POST)
+    def pin(self, ctx: Context, request: Pin | Unpin) -> None:
+        meta: ChatRoomMeta = ctx.room_meta
+        if request.seq > ctx.room.last_seq:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no message {request.seq} in this room")
+        pinning = isinstance(request, Pin)
+        if (request.seq in meta.pins) == pinning:
+            ctx.ok()  # pinned already, or not pinned: both idempotent, nothing changes
+            return
+        if pinning and len(meta.pins) >= MAX_PINS:
+            raise ProtocolError(ErrorCode.CONFLICT, f"a room holds at most {MAX_PINS} pins")
+        pins = sorted([*meta.pins, request.seq]) if pinning else \
+            [seq for seq in meta.pins if seq != request.seq]
+        by = ctx.session.id if ctx.session is not None else None
+        write = ctx.set_room_meta(msgspec.structs.replace(meta, pins=pins))
+
+        def changed(after: Context) -> None:
+            after.ok()
+            after.broadcast(PinsChanged(pins=pins, by=by))
+
+        ctx.persist(write, then=changed, undo=ctx.room_meta_undo(meta))
 
 
 # A page of history must fit in one frame, in either format (JSON is the larger): at most
@@ -177,50 +200,3 @@ def _fit_in_frame(messages: list[ChatMessage]) -> list[ChatMessage]:
         if total > PAGE_BYTES and count > 0:
             return messages[:count]
     return messages
-
-
-def _set_topic(ctx: Context, request: Request) -> None:
-    assert isinstance(request, SetTopic)
-    by = ctx.session.id if ctx.session is not None else None
-    previous = ctx.room_meta
-    write = ctx.set_room_meta(msgspec.structs.replace(previous, topic=request.topic))
-
-    def changed(after: Context) -> None:
-        after.ok()
-        after.broadcast(TopicChanged(topic=request.topic, by=by))
-
-    ctx.persist(write, then=changed, undo=ctx.room_meta_undo(previous))
-
-
-def _pin(ctx: Context, request: Request) -> None:
-    assert isinstance(request, Pin | Unpin)
-    meta: ChatRoomMeta = ctx.room_meta
-    if request.seq > ctx.room.last_seq:
-        raise ProtocolError(ErrorCode.NOT_FOUND, f"no message {request.seq} in this room")
-    pinning = isinstance(request, Pin)
-    if (request.seq in meta.pins) == pinning:
-        ctx.ok()  # pinned already, or not pinned: both idempotent, nothing changes
-        return
-    if pinning and len(meta.pins) >= MAX_PINS:
-        raise ProtocolError(ErrorCode.CONFLICT, f"a room holds at most {MAX_PINS} pins")
-    pins = sorted([*meta.pins, request.seq]) if pinning else \
-        [seq for seq in meta.pins if seq != request.seq]
-    by = ctx.session.id if ctx.session is not None else None
-    write = ctx.set_room_meta(msgspec.structs.replace(meta, pins=pins))
-
-    def changed(after: Context) -> None:
-        after.ok()
-        after.broadcast(PinsChanged(pins=pins, by=by))
-
-    ctx.persist(write, then=changed, undo=ctx.room_meta_undo(meta))
-
-
-_HANDLERS: dict[type, Callable[[Context, Request], None]] = {
-    SetName: _set_name,
-    SetStatus: _set_status,
-    SendMessage: _send_message,
-    GetMessages: _get_messages,
-    SetTopic: _set_topic,
-    Pin: _pin,
-    Unpin: _pin,
-}

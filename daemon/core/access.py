@@ -7,13 +7,12 @@ tokens (the admin token, or a JWT join token).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import get_args
 
-from protocol.admin import Grant
+from protocol import Grant
 
-ALL_GRANTS: frozenset[str] = frozenset(get_args(Grant))
+ALL_GRANTS: frozenset[Grant] = frozenset(Grant)
 # What anyone may do in an open room without a token.
-OPEN_ROOM_GRANTS: frozenset[str] = frozenset({"join", "post", "media", "hidden"})
+OPEN_ROOM_GRANTS: frozenset[Grant] = frozenset({Grant.JOIN, Grant.POST, Grant.MEDIA, Grant.HIDDEN})
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class Access:
     token is for. ``anonymous`` means no token was given at all.
     """
 
-    grants: frozenset[str]
+    grants: frozenset[Grant]
     room: str | None = None
     identity: str | None = None
     name: str | None = None
@@ -34,7 +33,7 @@ class Access:
     def is_admin(self) -> bool:
         return self.room is None and not self.anonymous
 
-    def allows(self, grant: str, room: str) -> bool:
+    def allows(self, grant: Grant, room: str) -> bool:
         """Whether this access grants ``grant`` in ``room``."""
         if self.is_admin:
             return True

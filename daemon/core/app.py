@@ -5,6 +5,10 @@ chat. An app adds typed room metadata, typed per-session metadata, its own reque
 event types (merged into the decoders at start-up), its part of the participant view,
 and handlers. Handlers never do I/O: they act through a ``Context``, which turns what
 they do into effects, so app rules are as testable as the engine's.
+
+An app's requests are its handler methods, each marked with the request type it handles
+and the grant it needs (``@handles(SendMessage, grant=Grant.POST)``, see
+``daemon.core.routes``): the same table the engine keeps for its own requests.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import msgspec
 
 from daemon.core.effects import ConnId, Effect, Persist, Query, Send
 from daemon.core.records import AppendLog, LogEntry, PutRoom
+from daemon.core.routes import Route, routes_of
 from protocol import ErrorCode, Event, ProtocolError, Request
 from protocol.messages import Error, Hello, Ok, ParticipantUpdated
 
 if TYPE_CHECKING:
-    from daemon.core.engine import Engine, Room, Session
+    from daemon.core.engine import Engine
+    from daemon.core.state import Room, Session
 
 RoomMetaT = TypeVar("RoomMetaT", bound=msgspec.Struct)
 SessionMetaT = TypeVar("SessionMetaT")
@@ -33,15 +39,16 @@ class App(Generic[RoomMetaT, SessionMetaT]):
     """The app's name on the wire (``RoomInfo.app``) and in the store."""
     room_meta_type: ClassVar[type[msgspec.Struct]]
     """The Struct type of the room metadata; stored as JSON, so fields only ever get added."""
-    requests: ClassVar[tuple[type[Request], ...]] = ()
     events: ClassVar[tuple[type[Event], ...]] = ()
-    required_grants: ClassVar[dict[type[Request], str]] = {}
-    """The token grant each request needs (see ``daemon.tokens``); unlisted ones need none
-    beyond being in the room."""
+    routes: ClassVar[dict[type[Request], Route]] = {}
+    """The app's requests: each type, the grant it needs, its ``@handles`` method."""
+    requests: ClassVar[tuple[type[Request], ...]] = ()
+    """The request types of ``routes``, for the room endpoint's decoder."""
 
-    def grant_for(self, request_type: type[Request]) -> str | None:
-        """Return the grant a session needs to make a request of ``request_type``."""
-        return self.required_grants.get(request_type)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.routes = routes_of(cls)
+        cls.requests = tuple(cls.routes)
 
     def create_room(self, options: dict[str, Any] | None, *, creator: str | None) -> RoomMetaT:
         """Return the metadata of a new room from admin options (None when auto-created).
@@ -76,10 +83,6 @@ class App(Generic[RoomMetaT, SessionMetaT]):
         """Return the app's part of the room view (``RoomInfo.meta``)."""
         return meta
 
-    def handle(self, ctx: Context, request: Request) -> None:
-        """Handle one of the app's requests. Raises ProtocolError to answer with an error."""
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{_tag(request)} is not supported in this room")
-
     def encode_room_meta(self, meta: RoomMetaT) -> bytes:
         return msgspec.json.encode(meta)
 
@@ -88,10 +91,6 @@ class App(Generic[RoomMetaT, SessionMetaT]):
             data, type=self.room_meta_type
         )
         return meta
-
-
-def _tag(request: Request) -> str:
-    return str(type(request).__struct_config__.tag)
 
 
 class Context:
@@ -209,23 +208,22 @@ class Context:
         If the commit fails, ``undo`` (if given) reverts what the handler changed in memory
         and the requester gets an ``internal`` error instead.
         """
-        room, session, ref, conn = self.room, self.session, self.ref, self.conn
-        engine = self.engine
         log_seqs = [w.seq for w in writes if isinstance(w, AppendLog)]
+        room = self.room
 
-        def on_commit() -> list[Effect]:
+        def on_commit(now: float) -> list[Effect]:
             if log_seqs:
                 room.last_seq = max(room.last_seq, *log_seqs)
             if then is None:
                 return []
-            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+            ctx = self._later(now)
             then(ctx)
             return ctx.effects
 
-        def on_failure(exc: BaseException) -> list[Effect]:
+        def on_failure(exc: BaseException, now: float) -> list[Effect]:
             if undo is not None:
                 undo()
-            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+            ctx = self._later(now)
             ctx.error(ErrorCode.INTERNAL, "the store failed to save this; it was not applied")
             return ctx.effects
 
@@ -240,17 +238,19 @@ class Context:
         respond: Callable[[Context, list[LogEntry]], None],
     ) -> None:
         """Read a page of the room's log; ``respond`` gets a fresh context and the entries."""
-        room, session, ref, conn = self.room, self.session, self.ref, self.conn
-        engine = self.engine
 
-        def on_entries(entries: list[Any]) -> list[Effect]:
-            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+        def on_entries(entries: list[Any], now: float) -> list[Effect]:
+            ctx = self._later(now)
             respond(ctx, entries)
             return ctx.effects
 
-        def on_failure(exc: BaseException) -> list[Effect]:
-            ctx = Context(engine, room, session, ref, engine.last_now, conn=conn)
+        def on_failure(exc: BaseException, now: float) -> list[Effect]:
+            ctx = self._later(now)
             ctx.error(ErrorCode.INTERNAL, "the store failed to read the history")
             return ctx.effects
 
-        self.effects.append(Query(room.name, after, before, limit, on_entries, on_failure))
+        self.effects.append(Query(self.room.name, after, before, limit, on_entries, on_failure))
+
+    def _later(self, now: float) -> Context:
+        """A fresh context of this request's room, session and ref, at ``now``."""
+        return Context(self.engine, self.room, self.session, self.ref, now, conn=self.conn)

@@ -4,7 +4,8 @@ The engine never performs I/O; each input returns a list of these, and the serve
 applies them in order. Recipients of a ``Send`` are connection ids resolved when the
 effect was made, which for deferred effects (``Persist.on_commit``) is commit time.
 
-Facts (``RoomCreated``, ``RoomRemoved``, ``ParticipantKicked``, ``AccessRefused``) ask for
+Facts (``RoomCreated``, ``RoomRemoved``, ``ParticipantKicked``, ``AccessRefused``,
+``TokenIssued``) ask for
 nothing: they tell the server what just happened, for its log and metrics, since the
 engine has no logger.
 """
@@ -38,24 +39,26 @@ class Close(msgspec.Struct, frozen=True):
 class Persist(msgspec.Struct, frozen=True):
     """Write ``writes`` in one transaction, then apply what ``on_commit`` returns.
 
-    ``on_commit`` runs after the commit, in commit order; ``on_failure`` runs instead if
-    the transaction failed. Both return further effects.
+    Persists are committed in the order the engine returned them, those returned by
+    callbacks included. ``on_commit(now)`` runs after the commit, in commit order;
+    ``on_failure(exc, now)`` runs instead if the transaction failed. Both get the time
+    they run at and return further effects.
     """
 
     writes: tuple[Any, ...]
-    on_commit: Callable[[], Sequence["Effect"]] | None = None
-    on_failure: Callable[[BaseException], Sequence["Effect"]] | None = None
+    on_commit: Callable[[float], Sequence["Effect"]] | None = None
+    on_failure: Callable[[BaseException, float], Sequence["Effect"]] | None = None
 
 
 class Query(msgspec.Struct, frozen=True):
-    """Read a page of a room's log, then apply what ``respond`` returns for the entries."""
+    """Read a page of a room's log, then apply what ``respond(entries, now)`` returns."""
 
     room: str
     after: int | None
     before: int | None
     limit: int
-    respond: Callable[[list[Any]], Sequence["Effect"]]
-    on_failure: Callable[[BaseException], Sequence["Effect"]] | None = None
+    respond: Callable[[list[Any], float], Sequence["Effect"]]
+    on_failure: Callable[[BaseException, float], Sequence["Effect"]] | None = None
 
 
 class StartTimer(msgspec.Struct, frozen=True):
@@ -99,5 +102,14 @@ class AccessRefused(msgspec.Struct, frozen=True):
     message: str
 
 
-Fact: TypeAlias = RoomCreated | RoomRemoved | ParticipantKicked | AccessRefused
+class TokenIssued(msgspec.Struct, frozen=True):
+    """A join token was signed (never the token itself: what it is for)."""
+
+    room: str
+    identity: str
+    grants: tuple[str, ...]
+    ttl: float
+
+
+Fact: TypeAlias = RoomCreated | RoomRemoved | ParticipantKicked | AccessRefused | TokenIssued
 Effect: TypeAlias = Send | Close | Persist | Query | StartTimer | CancelTimer | Fact

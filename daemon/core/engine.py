@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-Inputs are calls: a connection said ``hello`` (``hello``), a decoded request arrived
-(``request``, or ``admin`` on the admin endpoint), a connection dropped (``disconnect``),
-a timer fired (``timer_fired``). Each takes ``now`` and returns a list of effects
+Inputs are calls: a connection said ``hello`` (``hello`` for a room, ``admin_hello`` on the
+admin endpoint), a decoded request arrived (``request``, ``admin``), a connection dropped
+(``disconnect``), a timer fired (``timer_fired``). Each takes ``now`` and returns a list of effects
 (``daemon.core.effects``) that the server applies in order: send frames, close connections,
 persist records, query the log, start or cancel timers. Nothing here awaits, so each
 call is atomic under trio's scheduler without locks, and every rule is testable
@@ -18,24 +18,31 @@ seconds (LiveKit's ``empty_timeout``): a visitor trying names cannot fill the da
 with rooms for good. At the ``max_rooms`` limit, the room that has waited longest for
 that removal goes first to make space.
 
-A session belongs to one room. While its connection is up it is *live*; when the
-connection drops, the participant stays, marked not live, for ``grace`` seconds, and a
-``hello`` carrying its resume token in that window reattaches the same session: no
-leave/join churn, and its mesh edges (WebRTC peer connections) are kept. Hidden sessions
-(observers) never appear as participants, never enter the mesh, and end on disconnect.
+A session belongs to one room and has one lifecycle (``daemon.core.state``): *live*
+while its connection is up; *away* when the connection drops, for ``grace`` seconds, in
+which a ``hello`` carrying its resume token reattaches the same session (no leave/join
+churn, and its mesh edges, its WebRTC peer connections, are kept); *ended* for good.
+Every way out (leave, grace expiry, kick, room deletion) goes through ``_end``. Hidden
+sessions (observers) never appear as participants, never enter the mesh, and end on
+disconnect.
 
-Room behaviour beyond that belongs to the room's app (``daemon.core.app``): its requests are
-dispatched to ``App.handle`` through a ``Context``.
+Every request type has one route (``daemon.core.routes``): the grant it needs and its
+handler, an ``@handles`` method of the engine (core requests) or of the room's app
+(through a ``Context``), so the table of who may do what is the code itself.
 
 Access: the server checks a hello's token (``daemon.tokens``) and passes the ``Access`` it
-proves; the engine decides with it. An open room admits anyone (with ``OPEN_ROOM_GRANTS``);
-a private room, or every room under ``require_tokens``, needs the admin token or a join
-token for that room with the ``join`` grant. A session keeps its grants: each request
-needs one (``media`` for the call, the app's choice for its own requests, ``post`` for
-the chat app's writes), or it is answered ``forbidden``.
+proves; the engine decides with it, on both endpoints. An open room admits anyone (with
+``OPEN_ROOM_GRANTS``); a private room, or every room under ``require_tokens``, needs the
+admin token or a join token for that room with the ``join`` grant. A session keeps its
+grants: each request needs one (``media`` for the call, the app's choice for its own
+requests, ``post`` for the chat app's writes), or it is answered ``forbidden``. The admin
+endpoint admits the admin token, and a join token with the ``admin`` grant for its one
+room; ``create-token`` signs with the signer the server injects (``sign_token``), so no
+key reaches the engine.
 
 The engine has no logger: what the daemon's log should say comes back as facts among
-the effects (``RoomCreated``, ``RoomRemoved``, ``ParticipantKicked``, ``AccessRefused``).
+the effects (``RoomCreated``, ``RoomRemoved``, ``ParticipantKicked``, ``AccessRefused``,
+``TokenIssued``).
 """
 
 from __future__ import annotations
@@ -43,12 +50,11 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
-from daemon.core.access import ADMIN, ALL_GRANTS, ANONYMOUS, Access
+from daemon.core.access import ALL_GRANTS, ANONYMOUS, Access
 from daemon.core.app import App, Context
 from daemon.core.effects import (
     AccessRefused,
@@ -63,13 +69,17 @@ from daemon.core.effects import (
     Send,
     StartTimer,
     TimerKey,
+    TokenIssued,
 )
 from daemon.core.records import DeleteRoom as DeleteRoomRecord
 from daemon.core.records import PutRoom, StoredRoom
-from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request
+from daemon.core.routes import Route, handles, routes_of
+from daemon.core.state import Room, Session, SessionState
+from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, Grant, ProtocolError, Request
 from protocol import admin as adm
 from protocol.messages import (
     AddPeer,
+    ConnectionLimits,
     Error,
     GetParticipants,
     Hello,
@@ -93,64 +103,20 @@ from protocol.messages import (
     Welcome,
 )
 
+__all__ = ["DEFAULT_EMPTY_TIMEOUT", "DEFAULT_GRACE", "Engine", "Room", "Session",
+           "SessionState", "TokenSigner"]
+
 DEFAULT_GRACE = 60.0
 # Seconds an implicitly created room that never held anything stays once empty
 # (LiveKit's empty_timeout default, too).
 DEFAULT_EMPTY_TIMEOUT = 300.0
 
 
-@dataclass(eq=False)
-class Session:
-    id: str
-    room: Room
-    resume_token: str
-    hidden: bool
-    joined_at: float
-    meta: Any
-    conn: ConnId | None = None
-    in_call: bool = False
-    media: MediaState = field(default_factory=MediaState)
-    grants: frozenset[str] = ALL_GRANTS
-    identity: str | None = None  # the join token's subject
-    # Mesh edges: the ids this session has (or is setting up) a peer connection with.
-    peers: set[str] = field(default_factory=set)
-    # Edges dropped while this session was away: it is told to remove them on resume.
-    stale_peers: set[str] = field(default_factory=set)
+class TokenSigner(Protocol):
+    """Signs a join token: returns it and its expiry (Unix seconds). ``daemon.tokens``."""
 
-    @property
-    def live(self) -> bool:
-        return self.conn is not None
-
-
-@dataclass(eq=False)
-class Room:
-    name: str
-    app: App[Any, Any]
-    created_at: float
-    meta: Any
-    private: bool = False  # joining needs a token
-    last_seq: int = 0  # highest committed log sequence number
-    next_seq: int = 0  # highest allocated one (>= last_seq; allocated before commit)
-    sessions: dict[str, Session] = field(default_factory=dict)
-    # Made by a hello rather than create-room; cleared for good by a change to its
-    # metadata (a topic, a pin) or by create-room with if_missing.
-    implicit: bool = False
-
-    @property
-    def expirable(self) -> bool:
-        """Whether the room goes away after staying empty: implicit, and no message ever."""
-        return self.implicit and self.next_seq == 0
-
-    def connections(self, exclude: str | None = None) -> tuple[ConnId, ...]:
-        return tuple(
-            s.conn for s in self.sessions.values() if s.conn is not None and s.id != exclude
-        )
-
-    def visible(self) -> list[Session]:
-        return [s for s in self.sessions.values() if not s.hidden]
-
-    def visible_count(self) -> int:
-        return sum(1 for s in self.sessions.values() if not s.hidden)
+    def __call__(self, *, room: str, identity: str, name: str | None, grants: list[Grant],
+                 ttl: float, now: float) -> tuple[str, float]: ...
 
 
 def grace_timer(session_id: str) -> TimerKey:
@@ -159,6 +125,23 @@ def grace_timer(session_id: str) -> TimerKey:
 
 def empty_timer(room_name: str) -> TimerKey:
     return ("empty", room_name)
+
+
+def _tag(request: Request) -> str:
+    return str(type(request).__struct_config__.tag)
+
+
+def _refusal(conn: ConnId, ref: str | None, exc: ProtocolError) -> Send:
+    return Send((conn,), Error(ref=ref, code=exc.code, message=exc.message,
+                               grant=getattr(exc, "grant", None)))
+
+
+class MissingGrant(ProtocolError):
+    """``forbidden``: the session's (or connection's) token lacks ``grant``."""
+
+    def __init__(self, grant: Grant, message: str) -> None:
+        super().__init__(ErrorCode.FORBIDDEN, message)
+        self.grant = grant
 
 
 class Engine:
@@ -178,6 +161,8 @@ class Engine:
         max_rooms: int | None = None,
         max_participants: int | None = None,
         empty_timeout: float = DEFAULT_EMPTY_TIMEOUT,
+        limits: ConnectionLimits | None = None,
+        sign_token: TokenSigner | None = None,
     ) -> None:
         if not apps:
             raise ValueError("the engine needs at least one app")
@@ -193,29 +178,29 @@ class Engine:
         self.max_rooms = max_rooms
         self.max_participants = max_participants  # per room, hidden observers not counted
         self.empty_timeout = empty_timeout  # math.inf: implicit rooms are kept too
+        self.limits = limits  # what a welcome tells a connection it may do
         self.server = server
+        self._sign_token = sign_token
         self._new_id = new_id or (lambda: secrets.token_hex(6))
         self._new_token = new_token or (lambda: secrets.token_urlsafe(24))
         self.rooms: dict[str, Room] = {}
-        self.conns: dict[ConnId, Session] = {}
+        self._conns: dict[ConnId, Session] = {}  # the room endpoint's welcomed connections
+        self._admins: dict[ConnId, Access] = {}  # the admin endpoint's welcomed connections
         self._by_token: dict[str, Session] = {}
         self._sessions: dict[str, Session] = {}  # every session of every room, by id
         # Stored rooms whose app is not installed: kept off limits so they are not overwritten.
         self.foreign_rooms: set[str] = set()
         # Expirable rooms left empty, with their removal deadlines, longest-waiting first.
         self._idle: dict[str, float] = {}
-        self.last_now = 0.0
 
     # --- start-up ------------------------------------------------------------------------
 
-    def restore(self, stored: Iterable[StoredRoom], now: float | None = None) -> list[Effect]:
+    def restore(self, stored: Iterable[StoredRoom], now: float) -> list[Effect]:
         """Load rooms from the store at start-up. Rooms of unknown apps are skipped.
 
         Returns the effects to apply with them: the removal timers of implicit rooms that
         are still unused (nobody is in a room at start-up), counted from ``now``.
         """
-        if now is not None:
-            self.last_now = now
         effects: list[Effect] = []
         for rec in stored:
             app = self.apps.get(rec.app)
@@ -232,8 +217,31 @@ class Engine:
                 next_seq=rec.last_seq,
                 implicit=rec.implicit,
             )
-            effects += self._vacated(room, self.last_now)
+            effects += self._vacated(room, now)
         return effects
+
+    # --- queries (for the server: health, metrics, the lobby) ------------------------------
+
+    def welcomed(self, conn: ConnId) -> bool:
+        """Whether ``conn`` has said a hello that was answered with a welcome."""
+        return conn in self._conns or conn in self._admins
+
+    def session_of(self, conn: ConnId) -> tuple[str, str] | None:
+        """Return (room, session id) of a room connection's session, None before a welcome."""
+        session = self._conns.get(conn)
+        return None if session is None else (session.room.name, session.id)
+
+    def room_infos(self) -> list[RoomInfo]:
+        """Return every room's public view, by name."""
+        return [self.room_info(room) for _, room in sorted(self.rooms.items())]
+
+    def session_count(self) -> int:
+        """Return how many sessions (live or away, hidden included) the rooms hold."""
+        return len(self._sessions)
+
+    def request_types(self) -> tuple[type[Request], ...]:
+        """Return every request type of the room endpoint: hello, the core's, each app's."""
+        return (Hello, *self.routes, *(t for app in self.apps.values() for t in app.requests))
 
     # --- views ---------------------------------------------------------------------------
 
@@ -274,22 +282,17 @@ class Engine:
             implicit=room.implicit,
         )
 
-    def request_types(self) -> tuple[type[Request], ...]:
-        """Return every app's request types, for the room endpoint's decoder."""
-        return tuple(t for app in self.apps.values() for t in app.requests)
-
-    # --- inputs --------------------------------------------------------------------------
+    # --- the room endpoint -----------------------------------------------------------------
 
     def hello(self, conn: ConnId, room_name: str, hello: Hello, now: float,
               access: Access = ANONYMOUS) -> list[Effect]:
         """A connection to ``room_name`` said hello: welcome it, or answer with an error.
 
-        ``access`` is what the hello's token proved (``daemon.auth.Authority.check``).
+        ``access`` is what the hello's token proved (``daemon.tokens.Authority.check``).
         After an error the connection has no session and may try ``hello`` again, except
         for an unknown room or a refused token, which also close it.
         """
-        self.last_now = now
-        if conn in self.conns:
+        if conn in self._conns:
             return [Send((conn,), Error(ref=hello.ref, code=ErrorCode.CONFLICT,
                                         message="this connection already said hello"))]
         if hello.protocol != PROTOCOL_VERSION:
@@ -299,14 +302,14 @@ class Engine:
                         f"protocol {PROTOCOL_VERSION}"))]
         effects: list[Effect] = []
         room = self.rooms.get(room_name)
+        grants: frozenset[Grant] = ALL_GRANTS
         if hello.resume is None:
             try:
                 grants = self.check_access(room_name, access, hidden=hello.hidden)
             except ProtocolError as exc:
                 close = CloseCode.UNAUTHORIZED if exc.code == ErrorCode.UNAUTHORIZED \
                     else CloseCode.FORBIDDEN
-                return [Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)),
-                        Close(conn, close, exc.message[:120]),
+                return [_refusal(conn, hello.ref, exc), Close(conn, close, exc.message[:120]),
                         AccessRefused(room_name, conn, exc.code, exc.message)]
         if room is None:
             if (not self.auto_create or not hello.create or hello.resume is not None
@@ -320,7 +323,7 @@ class Engine:
             try:
                 meta = app.create_room(None, creator=None if hello.hidden else hello.name)
             except ProtocolError as exc:
-                return [Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)),
+                return [_refusal(conn, hello.ref, exc),
                         Close(conn, CloseCode.ROOM_NOT_FOUND, "no such room")]
             space = self._make_space()
             if space is None:
@@ -342,7 +345,7 @@ class Engine:
                     hello = msgspec.structs.replace(hello, name=access.name)
                 effects += self._admit(conn, room, hello, now, grants, access.identity)
         except ProtocolError as exc:
-            effects.append(Send((conn,), Error(ref=hello.ref, code=exc.code, message=exc.message)))
+            effects.append(_refusal(conn, hello.ref, exc))
             # A room this hello has just made and then refused it (a name too long...)
             # must not stay forever.
             effects += self._vacated(room, now)
@@ -354,7 +357,7 @@ class Engine:
         return self.require_tokens or (room is not None and room.private)
 
     def check_access(self, room_name: str, access: Access, *,
-                     hidden: bool = False) -> frozenset[str]:
+                     hidden: bool = False) -> frozenset[Grant]:
         """Return the grants a new session in ``room_name`` gets with ``access``.
 
         Raises ProtocolError ``unauthorized`` (no token where one is needed) or
@@ -375,54 +378,54 @@ class Engine:
                                 f"the token is for room {access.room!r}, not {room_name!r}")
         else:
             grants = access.grants
-        if "join" not in grants:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant join")
-        if hidden and "hidden" not in grants:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant hidden")
+        if Grant.JOIN not in grants:
+            raise MissingGrant(Grant.JOIN, "the token does not grant join")
+        if hidden and Grant.HIDDEN not in grants:
+            raise MissingGrant(Grant.HIDDEN, "the token does not grant hidden")
         return grants
 
     def request(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
-        """A request arrived on a connection that has a session."""
-        self.last_now = now
-        session = self.conns.get(conn)
+        """A request arrived on a room connection (one that has a session, or should)."""
+        session = self._conns.get(conn)
         if session is None:
             return [Send((conn,), Error(ref=request.ref, code=ErrorCode.BAD_REQUEST,
                                         message="say hello first"))]
         ctx = Context(self, session.room, session, request.ref, now, conn=conn)
         try:
-            kind = type(request)
-            grant = _CORE_GRANTS[kind] if kind in _CORE_GRANTS else \
-                session.room.app.grant_for(kind)
-            if grant is not None and grant not in session.grants:
-                raise ProtocolError(ErrorCode.FORBIDDEN,
-                                    f"{type(request).__struct_config__.tag} needs the {grant} "
-                                    "grant, which this session's token lacks")
-            handler = self._core_handlers.get(type(request))
-            if handler is not None:
-                handler(self, ctx, request)
-            elif type(request) in session.room.app.requests:
-                session.room.app.handle(ctx, request)
-            elif isinstance(request, Hello):
-                raise ProtocolError(ErrorCode.CONFLICT, "this connection already said hello")
-            else:
-                raise ProtocolError(
-                    ErrorCode.BAD_REQUEST,
-                    f"{type(request).__struct_config__.tag} is not supported in this room",
-                )
+            route, owner = self._route(type(request), session.room.app)
+            if route.grant is not None and route.grant not in session.grants:
+                raise MissingGrant(route.grant,
+                                   f"{_tag(request)} needs the {route.grant} grant, which "
+                                   "this session's token lacks")
+            route.handler(owner, ctx, request)
         except ProtocolError as exc:
-            ctx.effects.append(Send((conn,), Error(ref=request.ref, code=exc.code,
-                                                   message=exc.message)))
+            ctx.effects.append(_refusal(conn, request.ref, exc))
         return ctx.effects
 
+    def _route(self, kind: type[Request], app: App[Any, Any]) -> tuple[Route, object]:
+        """Return the route of a request type in a room of ``app``, and whose method it is."""
+        route = self.routes.get(kind)
+        if route is not None:
+            return route, self
+        route = app.routes.get(kind)
+        if route is not None:
+            return route, app
+        if kind is Hello:
+            raise ProtocolError(ErrorCode.CONFLICT, "this connection already said hello")
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"{kind.__struct_config__.tag} is not supported in this room")
+
     def disconnect(self, conn: ConnId, now: float) -> list[Effect]:
-        """A connection ended. Its participant stays, not live, for the grace period."""
-        self.last_now = now
-        session = self.conns.pop(conn, None)
+        """A connection ended. Its participant stays, away, for the grace period."""
+        if self._admins.pop(conn, None) is not None:
+            return []
+        session = self._conns.pop(conn, None)
         if session is None or session.conn != conn:
             return []
         session.conn = None
         if session.hidden:
-            return self._remove(session, reason="left", now=now)
+            return self._end(session, reason="left", now=now)
+        session.state = SessionState.AWAY
         ctx = Context(self, session.room, session, None, now)
         ctx.broadcast(ParticipantUpdated(participant=self.view(session)), exclude_self=True)
         ctx.effects.append(StartTimer(grace_timer(session.id), now + self.grace))
@@ -430,35 +433,23 @@ class Engine:
 
     def timer_fired(self, key: TimerKey, now: float) -> list[Effect]:
         """A timer started by a ``StartTimer`` effect is due."""
-        self.last_now = now
         kind, name = key
         if kind == "empty":
             return self._expire(name)
         if kind != "grace":
             return []
         session = self._sessions.get(name)
-        if session is not None and not session.live:
-            return self._remove(session, reason="timeout", now=now)
+        if session is not None and session.state is SessionState.AWAY:
+            return self._end(session, reason="timeout", now=now)
         return []
-
-    def admin(self, conn: ConnId, request: Request, now: float,
-              access: Access = ADMIN) -> list[Effect]:
-        """A request on the admin endpoint, from the admin token or a room's ``admin`` grant.
-
-        A join token with the ``admin`` grant manages only its room: it may list (its room
-        only), get, kick in and delete that room, and nothing else.
-        """
-        self.last_now = now
-        try:
-            if not access.is_admin:
-                request = self._scoped(request, access)
-            return self._admin(conn, request, now, access)
-        except ProtocolError as exc:
-            return [Send((conn,), Error(ref=request.ref, code=exc.code, message=exc.message))]
 
     # --- sessions --------------------------------------------------------------------------
 
     def _welcome(self, session: Session, ref: str | None, resumed: bool) -> Welcome:
+        limits = self.limits
+        if limits is not None:
+            limits = msgspec.structs.replace(
+                limits, max_participants=self._participant_limit(session.room))
         return Welcome(
             ref=ref,
             session_id=session.id,
@@ -468,11 +459,11 @@ class Engine:
             participants=self.participants(session.room),
             grace=self.grace,
             server=self.server,
+            limits=limits,
         )
 
     def _admit(self, conn: ConnId, room: Room, hello: Hello, now: float,
-               grants: frozenset[str] = ALL_GRANTS, identity: str | None = None
-               ) -> list[Effect]:
+               grants: frozenset[Grant], identity: str | None) -> list[Effect]:
         ctx = Context(self, room, None, hello.ref, now, conn=conn)
         limit = self._participant_limit(room)
         if limit is not None and not hello.hidden and room.visible_count() >= limit:
@@ -481,19 +472,11 @@ class Engine:
         session_id = self._new_id()
         while session_id in self._sessions:
             session_id = self._new_id()
-        session = Session(
-            id=session_id,
-            room=room,
-            resume_token=self._new_token(),
-            hidden=hello.hidden,
-            joined_at=now,
-            meta=meta,
-            conn=conn,
-            grants=grants,
-            identity=identity,
-        )
+        session = Session(id=session_id, room=room, resume_token=self._new_token(),
+                          hidden=hello.hidden, joined_at=now, meta=meta, conn=conn,
+                          grants=grants, identity=identity)
         room.sessions[session.id] = session
-        self.conns[conn] = session
+        self._conns[conn] = session
         self._by_token[session.resume_token] = session
         self._sessions[session.id] = session
         ctx.session = session
@@ -512,13 +495,14 @@ class Engine:
             )
         effects: list[Effect] = []
         if session.conn is not None:
-            self.conns.pop(session.conn, None)
+            self._conns.pop(session.conn, None)
             effects.append(Close(session.conn, CloseCode.SESSION_RESUMED,
                                  "session resumed on another connection"))
         else:
             effects.append(CancelTimer(grace_timer(session.id)))
         session.conn = conn
-        self.conns[conn] = session
+        session.state = SessionState.LIVE
+        self._conns[conn] = session
         ctx = Context(self, room, session, hello.ref, now, conn=conn)
         ctx.effects = effects
         ctx.reply(self._welcome(session, hello.ref, resumed=True))
@@ -535,17 +519,36 @@ class Engine:
                     self._connect_peers(ctx, offerer=session, answerer=other)
         return ctx.effects
 
-    def _remove(self, session: Session, *, reason: LeaveReason, now: float) -> list[Effect]:
+    def _end(self, session: Session, *, reason: LeaveReason, now: float,
+             close: tuple[CloseCode, str] | None = None, announce: bool = True
+             ) -> list[Effect]:
+        """End ``session`` for good: the one way out of a room, whatever the reason.
+
+        A live session's connection is closed with ``close`` (when given); an away one's
+        grace timer is cancelled (unless its running out is why the session ends). Its mesh
+        peers are told to drop it and, with
+        ``announce``, the room hears ``participant-left``. The room may then start its
+        removal timer (``_vacated``).
+        """
         room = session.room
+        effects: list[Effect] = []
+        if session.state is SessionState.AWAY and reason != "timeout":
+            effects.append(CancelTimer(grace_timer(session.id)))
+        session.state = SessionState.ENDED
         room.sessions.pop(session.id, None)
         self._by_token.pop(session.resume_token, None)
         self._sessions.pop(session.id, None)
-        if session.conn is not None:
-            self.conns.pop(session.conn, None)
+        conn = session.conn
+        if conn is not None:
+            self._conns.pop(conn, None)
         ctx = Context(self, room, None, None, now)
+        ctx.effects = effects
         self._drop_edges(ctx, session)
-        if not session.hidden:
+        if announce and not session.hidden:
             ctx.broadcast(ParticipantLeft(participant_id=session.id, reason=reason))
+        if conn is not None and close is not None:
+            ctx.effects.append(Close(conn, *close))
+        session.conn = None
         ctx.effects += self._vacated(room, now)
         return ctx.effects
 
@@ -625,7 +628,18 @@ class Engine:
                 session.stale_peers.add(other.id)
         session.peers.clear()
 
-    def _join(self, ctx: Context, request: Request) -> None:
+    @staticmethod
+    def _participant(ctx: Context) -> Session:
+        session = ctx.session
+        assert session is not None
+        if session.hidden:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "hidden observers cannot take part in calls")
+        return session
+
+    # --- core requests (each with the grant it needs) --------------------------------------
+
+    @handles(Join, grant=Grant.MEDIA)
+    def _join(self, ctx: Context, request: Join) -> None:
         session = self._participant(ctx)
         if not session.in_call:
             session.in_call = True
@@ -636,7 +650,8 @@ class Engine:
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
         ctx.ok()
 
-    def _part(self, ctx: Context, request: Request) -> None:
+    @handles(Part, grant=Grant.MEDIA)
+    def _part(self, ctx: Context, request: Part) -> None:
         session = self._participant(ctx)
         if session.in_call:
             session.in_call = False
@@ -644,8 +659,8 @@ class Engine:
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
         ctx.ok()
 
-    def _relay(self, ctx: Context, request: Request) -> None:
-        assert isinstance(request, RelayIceCandidate | RelaySessionDescription)
+    @handles(RelayIceCandidate, RelaySessionDescription, grant=Grant.MEDIA)
+    def _relay(self, ctx: Context, request: RelayIceCandidate | RelaySessionDescription) -> None:
         session = self._participant(ctx)
         target = session.room.sessions.get(request.peer_id)
         if target is None or target.hidden or target is session:
@@ -660,8 +675,8 @@ class Engine:
         ctx.effects.append(Send((target.conn,), frame))
         ctx.ok()
 
-    def _set_media_state(self, ctx: Context, request: Request) -> None:
-        assert isinstance(request, SetMediaState)
+    @handles(SetMediaState, grant=Grant.MEDIA)
+    def _set_media_state(self, ctx: Context, request: SetMediaState) -> None:
         session = self._participant(ctx)
         media = MediaState(audio_muted=request.audio_muted, video_muted=request.video_muted)
         if media != session.media:
@@ -669,36 +684,76 @@ class Engine:
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
         ctx.ok()
 
-    def _leave(self, ctx: Context, request: Request) -> None:
-        session = ctx.session
-        assert session is not None and session.conn is not None
-        conn = session.conn
-        ctx.ok()
-        ctx.effects += self._remove(session, reason="left", now=ctx.now)
-        ctx.effects.append(Close(conn, CloseCode.NORMAL, "left the room"))
-
-    def _get_participants(self, ctx: Context, request: Request) -> None:
-        ctx.reply(Participants(ref=ctx.ref, participants=self.participants(ctx.room)))
-
-    @staticmethod
-    def _participant(ctx: Context) -> Session:
+    @handles(Leave)
+    def _leave(self, ctx: Context, request: Leave) -> None:
         session = ctx.session
         assert session is not None
-        if session.hidden:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "hidden observers cannot take part in calls")
-        return session
+        ctx.ok()
+        ctx.effects += self._end(session, reason="left", now=ctx.now,
+                                 close=(CloseCode.NORMAL, "left the room"))
 
-    _core_handlers: dict[type, Callable[[Engine, Context, Request], None]] = {
-        Join: _join,
-        Part: _part,
-        RelayIceCandidate: _relay,
-        RelaySessionDescription: _relay,
-        SetMediaState: _set_media_state,
-        GetParticipants: _get_participants,
-        Leave: _leave,
-    }
+    @handles(GetParticipants)
+    def _get_participants(self, ctx: Context, request: GetParticipants) -> None:
+        ctx.reply(Participants(ref=ctx.ref, participants=self.participants(ctx.room)))
 
-    # --- administration --------------------------------------------------------------------
+    # --- the admin endpoint ----------------------------------------------------------------
+
+    def admin_hello(self, conn: ConnId, hello: Hello, now: float,
+                    access: Access = ANONYMOUS) -> list[Effect]:
+        """A connection to the admin endpoint said hello: welcome it, or refuse and close.
+
+        The admin token may do everything; a join token with the ``admin`` grant manages
+        its one room (list shows it alone; get-room, kick and delete-room in it).
+        """
+        if conn in self._admins:
+            return [Send((conn,), Error(ref=hello.ref, code=ErrorCode.CONFLICT,
+                                        message="this connection already said hello"))]
+        if access.anonymous or not (access.is_admin or Grant.ADMIN in access.grants):
+            exc: ProtocolError = ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                "the admin token (or a join token with the admin grant) is required")
+            close = CloseCode.UNAUTHORIZED
+            if not access.anonymous:
+                exc = MissingGrant(Grant.ADMIN, "the admin token (or a join token with the "
+                                                "admin grant) is required")
+                close = CloseCode.FORBIDDEN
+            return [_refusal(conn, hello.ref, exc), Close(conn, close, "admin token required"),
+                    AccessRefused("", conn, exc.code, exc.message)]
+        self._admins[conn] = access
+        return [Send((conn,), Welcome(ref=hello.ref, session_id=f"admin-{conn}",
+                                      grace=self.grace, server=self.server, limits=self.limits))]
+
+    def admin(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
+        """A request on the admin endpoint, checked against what its hello's token proved."""
+        access = self._admins.get(conn)
+        if access is None:
+            return [Send((conn,), Error(ref=request.ref, code=ErrorCode.BAD_REQUEST,
+                                        message="say hello first"))]
+        try:
+            if not access.is_admin:
+                self._check_scope(request, access)
+            route = self.admin_routes.get(type(request))
+            if route is None:
+                if isinstance(request, Hello):
+                    raise ProtocolError(ErrorCode.CONFLICT, "this connection already said hello")
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{_tag(request)} is not an admin "
+                                                           "request")
+            return list(route.handler(self, conn, request, now, access))
+        except ProtocolError as exc:
+            return [_refusal(conn, request.ref, exc)]
+
+    @staticmethod
+    def _check_scope(request: Request, access: Access) -> None:
+        """Raise ``forbidden`` unless a room's admin grant allows ``request``."""
+        if isinstance(request, adm.ListRooms):
+            return
+        if isinstance(request, adm.GetRoom | adm.Kick | adm.DeleteRoom):
+            if request.room != access.room:
+                raise ProtocolError(ErrorCode.FORBIDDEN,
+                                    f"the token is for room {access.room!r}, "
+                                    f"not {request.room!r}")
+            return
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{_tag(request)} needs the admin token")
 
     def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
@@ -710,52 +765,36 @@ class Engine:
         return adm.RoomDetails(ref=ref, room=self.room_info(room),
                                participants=self.participants(room))
 
-    @staticmethod
-    def _scoped(request: Request, access: Access) -> Request:
-        if "admin" not in access.grants or access.room is None:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "the token does not grant admin")
-        if isinstance(request, adm.ListRooms):
-            return request
-        if isinstance(request, adm.GetRoom | adm.Kick | adm.DeleteRoom):
-            if request.room != access.room:
-                raise ProtocolError(ErrorCode.FORBIDDEN,
-                                    f"the token is for room {access.room!r}, "
-                                    f"not {request.room!r}")
-            return request
-        raise ProtocolError(ErrorCode.FORBIDDEN,
-                            f"{type(request).__struct_config__.tag} needs the admin token")
+    @handles(adm.ListRooms)
+    def _list_rooms(self, conn: ConnId, request: adm.ListRooms, now: float,
+                    access: Access) -> list[Effect]:
+        rooms = [self.room_info(r) for _, r in sorted(self.rooms.items())
+                 if access.is_admin or r.name == access.room]
+        return [Send((conn,), adm.RoomList(ref=request.ref, rooms=rooms))]
 
-    def _admin(self, conn: ConnId, request: Request, now: float,
-               access: Access = ADMIN) -> list[Effect]:
-        if isinstance(request, adm.ListRooms):
-            rooms = [self.room_info(r) for _, r in sorted(self.rooms.items())
-                     if access.is_admin or r.name == access.room]
-            return [Send((conn,), adm.RoomList(ref=request.ref, rooms=rooms))]
-        if isinstance(request, adm.GetRoom):
-            return [Send((conn,), self._details(request.ref, self._room(request.room)))]
-        if isinstance(request, adm.CreateRoom):
-            return self._create_room(conn, request, now)
-        if isinstance(request, adm.DeleteRoom):
-            return self._delete_room(conn, request, now)
-        if isinstance(request, adm.Kick):
-            room = self._room(request.room)
-            session = room.sessions.get(request.participant_id)
-            if session is None or session.hidden:
-                raise ProtocolError(ErrorCode.NOT_FOUND,
-                                    f"no participant {request.participant_id!r} in {room.name!r}")
-            effects: list[Effect] = [ParticipantKicked(room.name, session.id)]
-            if session.conn is not None:
-                effects.append(Close(session.conn, CloseCode.KICKED, "removed by an administrator"))
-            else:
-                effects.append(CancelTimer(grace_timer(session.id)))
-            effects += self._remove(session, reason="kicked", now=now)
-            ctx = Context(self, room, None, request.ref, now, conn=conn)
-            ctx.ok()
-            return effects + ctx.effects
-        raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"{type(request).__struct_config__.tag} is not an admin request")
+    @handles(adm.GetRoom)
+    def _get_room(self, conn: ConnId, request: adm.GetRoom, now: float,
+                  access: Access) -> list[Effect]:
+        return [Send((conn,), self._details(request.ref, self._room(request.room)))]
 
-    def _create_room(self, conn: ConnId, request: adm.CreateRoom, now: float) -> list[Effect]:
+    @handles(adm.Kick)
+    def _kick(self, conn: ConnId, request: adm.Kick, now: float,
+              access: Access) -> list[Effect]:
+        room = self._room(request.room)
+        session = room.sessions.get(request.participant_id)
+        if session is None or session.hidden:
+            raise ProtocolError(ErrorCode.NOT_FOUND,
+                                f"no participant {request.participant_id!r} in {room.name!r}")
+        effects: list[Effect] = [ParticipantKicked(room.name, session.id)]
+        effects += self._end(session, reason="kicked", now=now,
+                             close=(CloseCode.KICKED, "removed by an administrator"))
+        ctx = Context(self, room, None, request.ref, now, conn=conn)
+        ctx.ok()
+        return effects + ctx.effects
+
+    @handles(adm.CreateRoom)
+    def _create_room(self, conn: ConnId, request: adm.CreateRoom, now: float,
+                     access: Access) -> list[Effect]:
         existing = self.rooms.get(request.room)
         if request.room in self.foreign_rooms:
             raise ProtocolError(ErrorCode.CONFLICT,
@@ -801,31 +840,38 @@ class Engine:
         ctx.effects.append(RoomCreated(room.name, implicit=False))
         return ctx.effects
 
-    def _delete_room(self, conn: ConnId, request: adm.DeleteRoom, now: float) -> list[Effect]:
+    @handles(adm.DeleteRoom)
+    def _delete_room(self, conn: ConnId, request: adm.DeleteRoom, now: float,
+                     access: Access) -> list[Effect]:
         room = self._room(request.room)
         effects: list[Effect] = self._cancel_expiry(room)
+        del self.rooms[room.name]  # first: ending its sessions must not start its removal
         for session in list(room.sessions.values()):
-            if session.conn is not None:
-                effects.append(Close(session.conn, CloseCode.ROOM_DELETED, "the room was deleted"))
-                self.conns.pop(session.conn, None)
-            else:
-                effects.append(CancelTimer(grace_timer(session.id)))
-            self._by_token.pop(session.resume_token, None)
-            self._sessions.pop(session.id, None)
-        room.sessions.clear()
-        del self.rooms[room.name]
+            effects += self._end(session, reason="left", now=now, announce=False,
+                                 close=(CloseCode.ROOM_DELETED, "the room was deleted"))
         ctx = Context(self, room, None, request.ref, now, conn=conn)
         ctx.persist(DeleteRoomRecord(name=room.name), then=lambda c: c.ok())
         return [*effects, *ctx.effects, RoomRemoved(room.name, "deleted")]
 
+    @handles(adm.CreateToken)
+    def _create_token(self, conn: ConnId, request: adm.CreateToken, now: float,
+                      access: Access) -> list[Effect]:
+        if self._sign_token is None:
+            raise ProtocolError(ErrorCode.INTERNAL, "this daemon cannot sign join tokens")
+        grants = sorted(set(request.grants))
+        token, expires_at = self._sign_token(room=request.room, identity=request.identity,
+                                             name=request.name, grants=grants,
+                                             ttl=request.ttl, now=now)
+        return [Send((conn,), adm.TokenIssued(ref=request.ref, token=token, room=request.room,
+                                              identity=request.identity, grants=grants,
+                                              expires_at=expires_at)),
+                TokenIssued(request.room, request.identity, tuple(grants), request.ttl)]
 
-# The grant each core request needs (None: any session may make it).
-_CORE_GRANTS: dict[type[Request], str | None] = {
-    Join: "media",
-    Part: "media",
-    RelayIceCandidate: "media",
-    RelaySessionDescription: "media",
-    SetMediaState: "media",
-    GetParticipants: None,
-    Leave: None,
-}
+    # The route tables: the room endpoint's core requests, and the admin endpoint's.
+    routes: dict[type[Request], Route] = {}
+    admin_routes: dict[type[Request], Route] = {}
+
+
+_ALL_ROUTES = routes_of(Engine)
+Engine.admin_routes = {t: r for t, r in _ALL_ROUTES.items() if t in adm.ADMIN_REQUESTS}
+Engine.routes = {t: r for t, r in _ALL_ROUTES.items() if t not in adm.ADMIN_REQUESTS}

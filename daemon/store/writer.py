@@ -1,10 +1,16 @@
 """The trio half of the store: one task that group-commits every write, in order.
 
-See ``daemon.store.sqlite`` for the theory of operation.
+See ``daemon.store.sqlite`` for the theory of operation. The queue is one ordered deque:
+``submit_nowait`` appends to it without waiting (so effects applied from a commit
+callback, with no chance to await, still commit in the order they were made), and
+producers that can wait call ``wait_for_room`` first. That is the queue's bound: a
+request path waits while ``queue_size`` jobs are queued; callbacks may add past it, at
+most what one committed batch's callbacks write, since they run only after a commit.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,9 +45,12 @@ class StoreWriter:
         # checkpoint in between (the daemon joins a batch's frames into one write).
         self.on_batch_done: Callable[[], None] | None = None
         self._store = store
-        send, receive = trio.open_memory_channel[_Job](queue_size)
-        self._send = send
-        self._receive = receive
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queue_size = queue_size
+        self._closed = False
+        self._queued = trio.Event()  # set while the queue holds something (or on close)
+        self._room = trio.Event()  # set while the queue is below its bound
+        self._room.set()
         # Held by whichever task is draining the queue: run(), or aclose() when run()
         # is not running. There is only ever one consumer, so jobs keep their order.
         self._serve_lock = trio.Lock()
@@ -68,16 +77,15 @@ class StoreWriter:
 
     async def _serve(self) -> None:
         while True:
-            try:
-                first = await self._receive.receive()
-            except trio.EndOfChannel:
-                return
-            jobs = [first]
-            while True:
-                try:
-                    jobs.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            await self._queued.wait()
+            if not self._queue:
+                return  # closed, and drained
+            jobs = list(self._queue)
+            self._queue.clear()
+            self._queued = trio.Event()
+            if self._closed:
+                self._queued.set()
+            self._room.set()
             # These jobs have left the queue. Nobody else will ever commit them or call
             # their callbacks, so finish the batch whatever happens to this task.
             with trio.CancelScope(shield=True):
@@ -127,21 +135,41 @@ class StoreWriter:
                 results.append(None)
         return results
 
-    async def submit(self, writes: Sequence[Write], on_done: DoneCallback) -> None:
+    def submit_nowait(self, writes: Sequence[Write], on_done: DoneCallback) -> None:
         """Queue ``writes`` to be committed atomically, then ``on_done`` to be called.
 
-        ``on_done(None)`` runs after the commit, ``on_done(exc)`` if it failed. Either
-        way it runs from the writer task, in submission order. Waits only while the
-        queue is full.
+        Never waits: jobs are committed in the order they were submitted, whoever
+        submitted them. ``on_done(None)`` runs after the commit, ``on_done(exc)`` if it
+        failed, either way from the writer task, in submission order. Callers that can
+        wait should ``await wait_for_room()`` first, which is what bounds the queue.
 
         Raises:
             trio.ClosedResourceError: the writer has been closed.
             TypeError: an item of ``writes`` is not a store write.
         """
+        if self._closed:
+            raise trio.ClosedResourceError("the store writer is closed")
         for item in writes:
             if not isinstance(item, _WRITE_TYPES):
                 raise TypeError(f"not a store write: {item!r}")
-        await self._send.send(_Job(tuple(writes), on_done))
+        self._queue.append(_Job(tuple(writes), on_done))
+        self._queued.set()
+        if len(self._queue) >= self._queue_size and self._room.is_set():
+            self._room = trio.Event()
+
+    async def wait_for_room(self) -> None:
+        """Wait while the queue holds ``queue_size`` jobs or more (backpressure)."""
+        await self._room.wait()
+
+    async def submit(self, writes: Sequence[Write], on_done: DoneCallback) -> None:
+        """Wait for room in the queue, then ``submit_nowait``.
+
+        Raises:
+            trio.ClosedResourceError: the writer has been closed.
+            TypeError: an item of ``writes`` is not a store write.
+        """
+        await self.wait_for_room()
+        self.submit_nowait(writes, on_done)
 
     async def commit(self, writes: Sequence[Write]) -> None:
         """Submit ``writes`` and wait until they are committed.
@@ -226,9 +254,11 @@ class StoreWriter:
         ``run`` has not committed by then fail with StoreError through their
         callbacks.
         """
-        # Closing the send side makes queued submit() calls raise ClosedResourceError.
-        # run() sees EndOfChannel once the queue is empty and returns.
-        self._send.close()
+        # From here submit() raises ClosedResourceError; run() returns once the queue
+        # is empty.
+        self._closed = True
+        self._queued.set()
+        self._room.set()
         try:
             async with self._serve_lock:
                 await self._serve()

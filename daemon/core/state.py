@@ -1,0 +1,82 @@
+"""The engine's state: rooms, and the sessions in them, each with one explicit lifecycle.
+
+A session is ``LIVE`` while a connection carries it, ``AWAY`` after that connection dropped
+(for the grace period, when a hello with its resume token can bring it back), and ``ENDED``
+once it is gone for good: left, timed out, kicked, or its room deleted. Only the engine
+moves a session between states, and only ``Engine._end`` ends one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from daemon.core.access import ALL_GRANTS
+from daemon.core.effects import ConnId
+from protocol import Grant
+from protocol.messages import MediaState
+
+if TYPE_CHECKING:
+    from daemon.core.app import App
+
+
+class SessionState(enum.Enum):
+    LIVE = "live"  # a connection carries it
+    AWAY = "away"  # its connection dropped; it can resume until the grace period runs out
+    ENDED = "ended"  # gone for good
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    id: str
+    room: Room
+    resume_token: str
+    hidden: bool
+    joined_at: float
+    meta: Any
+    conn: ConnId | None = None
+    state: SessionState = SessionState.LIVE
+    in_call: bool = False
+    media: MediaState = field(default_factory=MediaState)
+    grants: frozenset[Grant] = ALL_GRANTS
+    identity: str | None = None  # the join token's subject
+    # Mesh edges: the ids this session has (or is setting up) a peer connection with.
+    peers: set[str] = field(default_factory=set)
+    # Edges dropped while this session was away: it is told to remove them on resume.
+    stale_peers: set[str] = field(default_factory=set)
+
+    @property
+    def live(self) -> bool:
+        return self.state is SessionState.LIVE
+
+
+@dataclass(eq=False, slots=True)
+class Room:
+    name: str
+    app: App[Any, Any]
+    created_at: float
+    meta: Any
+    private: bool = False  # joining needs a token
+    last_seq: int = 0  # highest committed log sequence number
+    next_seq: int = 0  # highest allocated one (>= last_seq; allocated before commit)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    # Made by a hello rather than create-room; cleared for good by a change to its
+    # metadata (a topic, a pin) or by create-room with if_missing.
+    implicit: bool = False
+
+    @property
+    def expirable(self) -> bool:
+        """Whether the room goes away after staying empty: implicit, and no message ever."""
+        return self.implicit and self.next_seq == 0
+
+    def connections(self, exclude: str | None = None) -> tuple[ConnId, ...]:
+        return tuple(
+            s.conn for s in self.sessions.values() if s.conn is not None and s.id != exclude
+        )
+
+    def visible(self) -> list[Session]:
+        return [s for s in self.sessions.values() if not s.hidden]
+
+    def visible_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if not s.hidden)
