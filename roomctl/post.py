@@ -117,9 +117,13 @@ async def _answers(session: Session, outbox: _Outbox) -> None:
             outbox.settle(int(frame.ref[1:]), frame)
 
 
-def _window(ctx: Context) -> int:
-    """Messages in flight at once: many with the admin token (never rate-limited), else one."""
-    token = ctx.target.resolved_token()
+def _window(session: Session) -> int:
+    """Messages in flight at once: many with the admin token (never rate-limited), else one.
+
+    Decided per connection, from the token its hello presented: an admin token read from a
+    data directory may have been refused, and the connection then went on without it.
+    """
+    token = session.token
     is_jwt = token is not None and token.count(".") == 2
     return WINDOW if token is not None and not is_jwt else LIMITED_WINDOW
 
@@ -127,7 +131,6 @@ def _window(ctx: Context) -> int:
 async def _post_all(ctx: Context, room: str, name: str,
                     batches: trio.MemoryReceiveChannel[list[str]], *, retry: bool) -> _Outbox:
     outbox = _Outbox(ctx.json)
-    window = _window(ctx)
     keys = itertools.count(1)
     exhausted = False
     outage_started: float | None = None
@@ -137,6 +140,7 @@ async def _post_all(ctx: Context, room: str, name: str,
             async with open_room(ctx.target, room, name=name, hidden=True) as session, \
                     trio.open_nursery() as nursery:
                 outage_started, backoff = None, 0.1
+                window = _window(session)
                 nursery.start_soon(_answers, session, outbox)
                 outbox.reconnected()
                 for key in list(outbox.unacked):

@@ -469,6 +469,41 @@ async def test_exit_4_for_a_wrong_or_missing_admin_token(daemon_process: ServePr
     assert (await roomctl(sp, "room", "list")).rc == 0
 
 
+async def test_a_refused_admin_token_from_a_data_dir_says_where_it_came_from(
+        daemon_process: ServeProcess, tmp_path: Path) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "room", "create", "vault", "--private")
+    other = tmp_path / "other"  # another daemon's data directory, say
+    other.mkdir()
+    token_file = other / "admin-token"
+    token_file.write_text("another-daemons-admin-token\n")
+    elsewhere = {"ROOMCTL_DATA_DIR": str(other)}
+
+    listing = await roomctl(sp, "room", "list", env=elsewhere)
+    line = one_error_line(listing)
+    assert listing.rc == 4
+    for part in (str(token_file), sp.http, "not a valid token", "--data-dir", "--token"):
+        assert part in line, line
+    assert "segments" not in line.lower()
+
+    # An open room needs no token: the command goes on without the refused one.
+    posted = await roomctl(sp, "post", "ops", "hello", "--json", env=elsewhere)
+    assert (posted.rc, posted.err) == (0, ""), posted
+    tail = await roomctl(sp, "tail", "ops", "--no-follow", "--json", env=elsewhere)
+    assert (tail.rc, [m["text"] for m in tail.json_lines()]) == (0, ["hello"]), tail
+
+    # A private room does: the error names the file and why going without it failed.
+    private = await roomctl(sp, "post", "vault", "x", env=elsewhere)
+    line = one_error_line(private)
+    assert private.rc == 4 and str(token_file) in line and "needs a join token" in line
+
+    # A token given explicitly is the user's own: the daemon's words, not a JWT library's.
+    given = await roomctl(sp, "who", "ops", "--token", "nonsense")
+    assert given.rc == 4
+    assert one_error_line(given) == "roomctl: unauthorized: not a valid token"
+
+
 async def test_exit_5_when_no_daemon_listens() -> None:
     with socket.socket() as probe:  # a port that nothing listens on
         probe.bind(("127.0.0.1", 0))
