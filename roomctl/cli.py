@@ -16,7 +16,10 @@ from typing import Annotated, get_args
 import typer
 
 from protocol.limits import MAX_FRAME_BYTES, DisplayName, MessageText
-from roomctl import __version__, join, participants, post, rooms, tail, tokens
+from roomctl import __version__, join, output, participants, post, rooms, tail, tokens
+from roomctl.client import ExitCode
+from roomctl.options import until_signalled
+from roomctl.output import OutputClosed
 
 try:  # Typer 0.22+ vendors Click; older releases use Click itself.
     from typer._click import exceptions as click
@@ -262,18 +265,22 @@ def serve(
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
 
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    serving = trio.CancelScope()
+
+    def shut_down(signum: signal.Signals) -> None:
+        logging.getLogger("roomctl").info("%s: shutting down", signum.name)
+        serving.cancel()  # the daemon's graceful shutdown runs as it is cancelled
+
+    async def serve_until_cancelled() -> None:
+        with serving:
             async with trio.open_nursery() as nursery:
                 bound_host, bound_port = await nursery.start(serve, config)
                 scheme = "https" if config.tls else "http"
                 print(f"listening on {scheme}://{_url_host(bound_host)}:{bound_port}",
                       flush=True)
-                async for signum in signals:
-                    logging.getLogger("roomctl").info(
-                        "%s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
+
+    async def main() -> None:
+        await until_signalled(serve_until_cancelled, shut_down)
 
     from daemon.store import StoreError
 
@@ -331,6 +338,7 @@ def main() -> None:
     """Console-script entry point: usage errors are one line on stderr and exit 2."""
     try:
         status = app(standalone_mode=False, prog_name="roomctl")
+        output.flush()  # what print() buffered: a closed pipe is seen here, not at exit
     except click.UsageError as exc:
         message = exc.format_message().rstrip(".")
         if message:  # empty when a group was called without a command (help was shown)
@@ -343,4 +351,9 @@ def main() -> None:
     except typer.Abort:
         print("roomctl: aborted", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("roomctl: interrupted", file=sys.stderr)
+        sys.exit(ExitCode.INTERRUPTED)
+    except OutputClosed:
+        sys.exit(ExitCode.OUTPUT_CLOSED)  # quietly: whoever read stdout has had enough
     sys.exit(status if isinstance(status, int) else 0)

@@ -34,6 +34,7 @@ from protocol.admin import ADMIN_EVENTS
 from protocol.chat import CHAT_EVENTS
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
+from roomctl.rules import explain_refusal
 
 log = logging.getLogger("roomctl.client")
 
@@ -52,7 +53,8 @@ class ExitCode(enum.IntEnum):
     UNAUTHORIZED = 4  # missing, wrong or under-granted token
     UNREACHABLE = 5  # no daemon at the URL (connection refused, DNS, TLS failure)
     TIMEOUT = 6  # --timeout (or wait's --timeout) ran out
-    INTERRUPTED = 130  # not used for Ctrl-C on tail/join, which exit 0
+    INTERRUPTED = 130  # wait stopped by a signal; any command stopped by a second one
+    OUTPUT_CLOSED = 141  # stdout's reader went away (128 + SIGPIPE, as coreutils)
 
 
 class CliError(Exception):
@@ -83,10 +85,16 @@ _EXIT_FOR_CLOSE: dict[int, ExitCode] = {
 }
 
 
-def refused(error: Error) -> CliError:
-    """Return the CliError for an ``error`` frame, with the exit code its code maps to."""
+def refused(error: Error, request: Request | None = None) -> CliError:
+    """Return the CliError for an ``error`` frame, with the exit code its code maps to.
+
+    A decoder's wording about a field of ``request`` is put in words (rules.explain_refusal).
+    """
     exit_code = _EXIT_FOR_ERROR.get(str(error.code), ExitCode.REFUSED)
-    return CliError(exit_code, f"{error.code}: {error.message}", code=str(error.code))
+    message = error.message
+    if request is not None and error.code == ErrorCode.BAD_REQUEST:
+        message = explain_refusal(message, request)
+    return CliError(exit_code, f"{error.code}: {message}", code=str(error.code))
 
 
 def closed(exc: trio_websocket.ConnectionClosed) -> CliError:
@@ -289,7 +297,7 @@ class Session:
             raise CliError(ExitCode.TIMEOUT,
                            f"no answer to {type(frame).__name__} in {self.timeout:g} s")
         if isinstance(reply, Error):
-            raise refused(reply)
+            raise refused(reply, frame)
         if expect is not None and not isinstance(reply, expect | Ok):
             raise CliError(ExitCode.REFUSED, f"unexpected answer {type(reply).__name__}")
         return reply

@@ -28,6 +28,7 @@ from roomctl.media.settings import (
     video_source,
 )
 from roomctl.options import Context, client_command, fail, parse_duration, run
+from roomctl.output import OutputClosed
 
 DEFAULT_VIDEO = "testsrc"
 DEFAULT_AUDIO = "silence"
@@ -158,6 +159,9 @@ def join(
         run(call.run)
     except typer.Exit as exc:  # run() turned a CliError into its exit status
         _exit_without_stragglers(clean=call.clean, status=exc.exit_code)
+        raise
+    except OutputClosed:  # stdout's reader went away (--json): end quietly, after leaving
+        _exit_without_stragglers(clean=call.clean, status=ExitCode.OUTPUT_CLOSED)
         raise
     _exit_without_stragglers(clean=call.clean, status=0)
 

@@ -243,11 +243,18 @@ async def test_post_refuses_bad_input_with_one_line(daemon_process: ServeProcess
     assert both.rc == 2
     too_long = await roomctl(sp, "post", "ops", "x" * 4001)
     assert too_long.rc == 1 and "4000" in one_error_line(too_long)
-    long_line = await roomctl(sp, "post", "ops", "--lines", stdin=b"ok\n" + b"y" * 5000 + b"\n")
-    assert long_line.rc == 0 and "line 2" in one_error_line(long_line)
+    # A line over the limit is not posted: the others are, and the exit status says so
+    # ("exit 0 = every line is on disk"), with a count at the end.
+    long_line = await roomctl(sp, "post", "ops", "--lines",
+                              stdin=b"ok\n" + b"y" * 5000 + b"\nafter\n" + b"z" * 4001 + b"\n")
+    assert long_line.rc == 1, long_line
+    assert long_line.err.splitlines() == [
+        "roomctl: line 2: 5000 characters is over the 4000-character limit; not posted",
+        "roomctl: line 4: 4001 characters is over the 4000-character limit; not posted",
+        "roomctl: 2 lines not posted: lines 2, 4 (over the 4000-character limit)"]
     texts = [m["text"] for m in
-             (await roomctl(sp, "tail", "ops", "-F", "--json")).json_lines()]
-    assert texts == ["ok"]
+             (await roomctl(sp, "tail", "ops", "--no-follow", "--json")).json_lines()]
+    assert texts == ["ok", "after"]
 
 
 async def test_tail_follows_people_and_topic_and_ctrl_c_exits_quietly(
@@ -353,6 +360,16 @@ class _LineReader:
         self.seen += got
         return got
 
+    async def line(self, timeout: float = 20) -> str:
+        """Return the next line of text."""
+        with trio.fail_after(timeout):
+            while b"\n" not in self.buffer:
+                chunk = await self.stream.receive_some()
+                assert chunk, "the stream ended"
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
     async def nothing_more(self, within: float) -> None:
         with trio.move_on_after(within):
             chunk = await self.stream.receive_some()
@@ -393,6 +410,12 @@ async def test_wait_succeeds_when_enough_join_and_times_out_with_code_6(
     await roomctl(sp, "room", "create", "ops")
     timed_out = await roomctl(sp, "wait", "ops", "--participants", "1", "--timeout", "1s")
     assert timed_out.rc == 6 and "0 of 1" in one_error_line(timed_out)
+    async with participant(sp, "ops", "alice"):
+        # A script reading --json gets a document on timeout too, with the count reached.
+        as_json = await roomctl(sp, "wait", "ops", "-p", "2", "--timeout", "1s", "--json")
+    assert as_json.rc == 6 and "1 of 2" in one_error_line(as_json)
+    assert as_json.json() == {"room": "ops", "participants": 1, "wanted": 2,
+                              "timed_out": True, "interrupted": False}
 
     result: list[Result] = []
 
@@ -408,7 +431,8 @@ async def test_wait_succeeds_when_enough_join_and_times_out_with_code_6(
                     while not result:
                         await trio.sleep(0.05)
     assert result[0].rc == 0, result[0].err
-    assert result[0].json() == {"room": "ops", "participants": 2}
+    assert result[0].json() == {"room": "ops", "participants": 2, "wanted": 2,
+                                "timed_out": False, "interrupted": False}
 
 
 async def test_kick_removes_a_participant_by_id_or_name(daemon_process: ServeProcess) -> None:
@@ -556,9 +580,190 @@ async def test_post_lines_without_the_admin_token_waits_out_the_rate_limit_in_or
                            stdin="\n".join(lines).encode())
     assert (posted.rc, posted.err) == (0, "")
     assert len(posted.json_lines()) == 60
-    tail = await roomctl(sp, "tail", "ops", "-F", "--json", "-n", "100")
+    tail = await roomctl(sp, "tail", "ops", "--no-follow", "--json", "-n", "100")
     assert [m["text"] for m in tail.json_lines()] == lines
     metrics = await trio.to_thread.run_sync(
         lambda: urllib.request.urlopen(sp.http + "/metrics", timeout=WAIT).read().decode())
     refused = re.search(r"^roomctl_rate_limited(?:_total)? (\d+)", metrics, re.M)
     assert refused is not None and int(refused.group(1)) > 0  # the limit did bite
+
+
+# --- roomctl in scripts: background jobs, signals and pipes -----------------------------------
+
+# What `roomctl ... &` in a script does: a non-interactive shell starts background jobs with
+# SIGINT ignored (Ctrl-C is for the foreground), and the job inherits that; `kill` (SIGTERM)
+# is how the script stops it.
+AS_BACKGROUND_JOB = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+@asynccontextmanager
+async def started(sp: ServeProcess | None, *args: str, background: bool = True,
+                  stdin: bool = False) -> AsyncIterator[trio.Process]:
+    """A running ``roomctl ARGS`` (a script's background job by default); killed at the end."""
+    command = [sys.executable, "-m", "roomctl", *args]
+    proc = await trio.lowlevel.open_process(
+        [*AS_BACKGROUND_JOB, *command] if background else command,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=_env(sp), cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _read_to_end(stream: Any) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
+async def finished(proc: trio.Process, signum: int | None = None) -> Result:
+    """Send ``signum`` (if any), then return the status and the rest of the output (bounded)."""
+    if signum is not None:
+        proc.send_signal(signum)
+    with trio.fail_after(CLI_TIMEOUT):
+        out = await _read_to_end(proc.stdout)
+        err = await _read_to_end(proc.stderr)
+        rc = await proc.wait()
+    return Result(rc, out.decode(), err.decode())
+
+
+async def still_running_after(proc: trio.Process, signum: int, seconds: float = 1.0) -> bool:
+    proc.send_signal(signum)
+    await trio.sleep(seconds)
+    return proc.poll() is None
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has an established TCP connection to 127.0.0.1:``port``."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                remote, state, inode = fields[2], fields[3], fields[9]
+                if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+async def until_connected(proc: trio.Process, sp: ServeProcess) -> None:
+    with trio.fail_after(CLI_TIMEOUT):
+        while not connected_to(proc.pid, sp.port):
+            assert proc.poll() is None, "it ended"
+            await trio.sleep(0.05)
+
+
+async def test_tail_as_a_background_job_stops_on_sigterm_quietly(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "post", "ops", "marker")
+    async with started(sp, "tail", "ops", "--json") as proc:
+        assert (await _LineReader(proc.stdout).take(1))[0]["text"] == "marker"
+        assert await still_running_after(proc, signal.SIGINT)  # ignored, as the shell asked
+        stopped = await finished(proc, signal.SIGTERM)
+    assert (stopped.rc, stopped.err) == (0, "")
+
+
+async def test_wait_as_a_background_job_stops_on_sigterm_unfulfilled(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    async with started(sp, "wait", "ops", "-p", "5", "--timeout", "5m", "--json") as proc:
+        await until_connected(proc, sp)
+        assert await still_running_after(proc, signal.SIGINT)
+        stopped = await finished(proc, signal.SIGTERM)
+    # The wait did not succeed (status 130), and says so in one line and in its document.
+    assert stopped.rc == 130
+    assert one_error_line(stopped) == \
+        "roomctl: SIGTERM: stopped waiting with 0 of 5 participants"
+    assert stopped.json() == {"room": "ops", "participants": 0, "wanted": 5,
+                              "timed_out": False, "interrupted": True}
+
+
+async def test_post_lines_as_a_background_job_stops_on_sigterm_with_its_lines_stored(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    async with participant(sp, "ops", "watcher") as watcher, \
+            started(sp, "post", "ops", "--lines", "--json", stdin=True) as proc:
+        assert proc.stdin is not None
+        await proc.stdin.send_all(b"first\n")  # stdin stays open: a never-ending stream
+        posted = await watcher.recv_type("message-posted", timeout=15)
+        assert posted["message"]["text"] == "first"
+        assert await still_running_after(proc, signal.SIGINT)
+        stopped = await finished(proc, signal.SIGTERM)
+    assert (stopped.rc, stopped.err) == (0, "")  # every line it read is stored
+    assert [line["seq"] for line in stopped.json_lines()] == [1]
+
+
+async def test_serve_as_a_background_job_shuts_down_on_sigterm(tmp_path: Path) -> None:
+    args = ("serve", "--port", "0", "--memory", "--data-dir", str(tmp_path / "data"))
+    async with started(None, *args) as proc:
+        first = await _LineReader(proc.stdout).line()
+        assert first.startswith("listening on http://127.0.0.1:"), first
+        assert await still_running_after(proc, signal.SIGINT)
+        stopped = await finished(proc, signal.SIGTERM)
+    assert stopped.rc == 0, stopped.err
+
+
+async def test_post_lines_stopped_during_an_outage_names_the_lines_not_posted() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: the daemon is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with started(None, "post", "ops", "--lines", "--url", f"http://127.0.0.1:{port}",
+                       stdin=True) as proc:
+        assert proc.stdin is not None
+        await proc.stdin.send_all(b"one\n\ntwo\nthree\n")
+        with trio.fail_after(CLI_TIMEOUT):
+            err = b""
+            while b"retrying" not in err:
+                err += await proc.stderr.receive_some()  # type: ignore[union-attr]
+        stopped = await finished(proc, signal.SIGTERM)
+    # It gives up at once (no 60 s of retrying) and names what it read but did not post.
+    assert stopped.rc == 5
+    last = one_error_line(stopped)
+    assert last.startswith(f"roomctl: cannot reach http://127.0.0.1:{port}")
+    assert last.endswith("3 messages not posted (lines 1, 3-4); stdin was not read to its end")
+
+
+async def test_a_closed_stdout_ends_a_follower_quietly(daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "post", "ops", "first")
+    # roomctl tail ops --json | head -1: the room stays quiet after the first message, and
+    # tail still ends as soon as head does, without a word, as coreutils' tail -f does.
+    async with started(sp, "tail", "ops", "--json", background=False) as proc:
+        assert (await _LineReader(proc.stdout).take(1))[0]["text"] == "first"
+        await proc.stdout.aclose()  # type: ignore[union-attr]
+        with trio.fail_after(CLI_TIMEOUT):
+            rc = await proc.wait()
+        err = await _read_to_end(proc.stderr)
+    assert (rc, err) == (141, b"")
+
+
+async def test_a_closed_stdout_is_not_a_network_failure(daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "post", "ops", "--lines", stdin=b"".join(b"m%d\n" % n for n in range(300)))
+    for args, stdin in ((["tail", "ops", "--no-follow", "--json", "-n", "300"], b""),
+                        (["post", "ops", "--lines", "--json"], b"x\n" * 300)):
+        async with started(sp, *args, background=False, stdin=True) as proc:
+            await proc.stdout.aclose()  # type: ignore[union-attr]  # head -0, as it were
+            await proc.stdin.send_all(stdin)  # type: ignore[union-attr]
+            await proc.stdin.aclose()  # type: ignore[union-attr]
+            with trio.fail_after(CLI_TIMEOUT):
+                rc = await proc.wait()
+            err = await _read_to_end(proc.stderr)
+        assert (rc, err) == (141, b""), args
