@@ -13,10 +13,18 @@ import typer
 from protocol.messages import Participant, ParticipantJoined, ParticipantLeft, ParticipantUpdated
 from roomctl import output
 from roomctl.client import ExitCode, open_room
-from roomctl.options import Context, Stopped, client_command, fail, run, run_until_signalled
+from roomctl.options import (
+    Context,
+    Stopped,
+    check_room,
+    client_command,
+    fail,
+    run,
+    run_until_signalled,
+)
 from roomctl.rooms import participant_json, print_participants
 
-RoomArg = Annotated[str, typer.Argument(metavar="ROOM", help="The room.")]
+RoomArg = Annotated[str, typer.Argument(metavar="ROOM", help="The room.", callback=check_room)]
 
 
 @client_command

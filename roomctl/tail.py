@@ -34,7 +34,7 @@ from protocol.messages import (
 )
 from roomctl import output
 from roomctl.client import CliError, ExitCode, Session, open_room
-from roomctl.options import Context, client_command, run_until_signalled
+from roomctl.options import Context, check_name, check_room, client_command, run_until_signalled
 from roomctl.rooms import participant_meta
 
 PAGE = 1000  # protocol.limits.PageLimit
@@ -196,7 +196,7 @@ async def _tail_until_closed(ctx: Context, room: str, *, lines: int, since: int 
 @client_command
 def tail(
     ctx: Context,
-    room: Annotated[str, typer.Argument(metavar="ROOM", help="The room.")],
+    room: Annotated[str, typer.Argument(metavar="ROOM", help="The room.", callback=check_room)],
     lines: Annotated[int, typer.Option(
         "--lines", "-n", min=0, metavar="N", help="Print the last N messages first.")] = 10,
     since: Annotated[int | None, typer.Option(
@@ -207,7 +207,8 @@ def tail(
         help="Keep printing new messages (and, for people, joins, leaves, status and "
              "topic changes); reconnect when the connection drops.")] = True,
     name: Annotated[str, typer.Option(
-        "--name", envvar="ROOMCTL_NAME", help="The name this observer uses.")] = "roomctl",
+        "--name", envvar="ROOMCTL_NAME", metavar="NAME", callback=check_name,
+        help="The name this observer uses.")] = "roomctl",
 ) -> None:
     """Print a room's recent messages, then follow it until Ctrl-C.
 

@@ -466,6 +466,76 @@ async def test_exit_2_for_usage_errors(daemon_process: ServeProcess) -> None:
     assert bad_env.rc == 2 and "ROOMCTL_URL" in one_error_line(bad_env)
 
 
+async def test_values_the_protocol_forbids_are_usage_errors_in_words(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    long_topic, long_name = "t" * 513, "n" * 65
+    cases = {  # the command line -> the rule the one-line error must state
+        ("room", "create", "bad name!"): "1-64 letters, digits",
+        ("post", "bad/name", "hi"): "1-64 letters, digits",
+        ("who", "a b"): "1-64 letters, digits",
+        ("token", "create", "-r", "ops", "-i", "x", "--ttl", "400d"): "at most 366 days",
+        ("token", "create", "-r", "ops", "-i", "i" * 129): "1 to 128 characters",
+        ("room", "create", "t1", "--topic", long_topic): "at most 512 characters",
+        ("room", "topic", "ops", long_topic): "at most 512 characters",
+        ("room", "create", "t2", "--max-participants", "20000"): "1 to 10000",
+        ("room", "create", "t3", "--max-participants", "0"): "1 to 10000",
+        ("post", "ops", "hi", "--name", long_name): "1 to 64 characters",
+        ("room", "create", "t4", "--public", "--private"): "exclude each other",
+    }
+    results = await roomctl_many(sp, *(list(args) for args in cases))
+    for (args, rule), result in zip(cases.items(), results, strict=True):
+        line = one_error_line(result)
+        assert result.rc == 2 and rule in line, (args, line)
+        assert "Expected" not in line and "regex" not in line, line
+    listed = (await roomctl(sp, "room", "list", "--json")).json()
+    assert [room["name"] for room in listed] == ["ops"]  # nothing reached the daemon
+
+
+async def test_what_the_daemon_still_refuses_is_told_in_words(
+        daemon_process: ServeProcess) -> None:
+    from protocol.admin import CreateRoom
+    from roomctl.rules import explain_refusal
+
+    sp = daemon_process
+    token = (sp.data_dir / "admin-token").read_text().strip()
+    # A daemon answers a value out of bounds with its decoder's wording (a client of
+    # another version could send one); the CLI puts it in words.
+    async with trio_websocket.open_websocket_url(
+            f"{sp.url}/v1/admin", subprotocols=["roomctl.v1"], connect_timeout=WAIT) as ws:
+        admin = Client(ws, binary=False)
+        assert (await admin.hello(name=None, token=token))["type"] == "welcome"
+        answers = [await admin.request({"type": "create-room", "room": "ok", **fields})
+                   for fields in ({"room": "bad name!"},
+                                  {"meta": {"max_participants": 20000}},
+                                  {"meta": {"topic": "t" * 513}})]
+    told = [explain_refusal(answer["message"], CreateRoom(room="ok")) for answer in answers]
+    assert told == [
+        "room: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        "max participants: 1 to 10000", "topic: at most 512 characters"], answers
+
+
+async def test_room_create_says_when_the_room_takes_other_than_max_participants(
+        serve_process: Callable[..., ServeProcess]) -> None:
+    sp = serve_process("--log-level", "warning", "--max-participants", "100")
+    made = await roomctl(sp, "room", "create", "ops", "--max-participants", "7")
+    assert (made.rc, made.err) == (0, "")
+    again = await roomctl(sp, "room", "create", "ops", "--max-participants", "9",
+                          "--if-missing", "--json")
+    assert again.rc == 0 and again.json()["meta"]["max_participants"] == 7
+    assert one_error_line(again) == "roomctl: room 'ops' takes at most 7 participants, not 9"
+    # Above the daemon's own cap, the daemon refuses or lowers it: either way in words.
+    big = await roomctl(sp, "room", "create", "big", "--max-participants", "500", "--json")
+    if big.rc == 0:
+        effective = big.json()["meta"]["max_participants"]
+        if effective != 500:
+            assert one_error_line(big) == \
+                f"roomctl: room 'big' takes at most {effective} participants, not 500"
+    else:
+        assert "Expected" not in one_error_line(big)
+
+
 async def test_exit_3_for_a_room_that_does_not_exist(daemon_process: ServeProcess) -> None:
     sp = daemon_process
     commands = (["post", "ghost", "hi"], ["tail", "ghost"], ["who", "ghost"],
