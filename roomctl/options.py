@@ -112,25 +112,26 @@ _GLOBAL_PARAMS = [
     inspect.Parameter(
         "url", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_URL,
         annotation=Annotated[str, typer.Option(
-            "--url", envvar="ROOMCTL_URL", callback=_check_url, rich_help_panel="Connection",
+            "--url", envvar="ROOMCTL_URL", metavar="URL", callback=_check_url,
+            rich_help_panel="Connection",
             help="The daemon: http, https, ws or wss URL.")]),
     inspect.Parameter(
         "token", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[str | None, typer.Option(
-            "--token", envvar="ROOMCTL_TOKEN", rich_help_panel="Connection",
+            "--token", envvar="ROOMCTL_TOKEN", metavar="TOKEN", rich_help_panel="Connection",
             show_default="the local daemon's admin token",
             help="Admin or join token; always wins over the admin token file.")]),
     inspect.Parameter(
         "data_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[Path | None, typer.Option(
-            "--data-dir", envvar="ROOMCTL_DATA_DIR", rich_help_panel="Connection",
+            "--data-dir", envvar="ROOMCTL_DATA_DIR", metavar="DIR", rich_help_panel="Connection",
             show_default="$XDG_STATE_HOME/roomctl",
             help="A local daemon's data directory, to read its admin token from.")]),
     inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY),  # see _timeout_param
     inspect.Parameter(
         "ca_file", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[Path | None, typer.Option(
-            "--ca-file", envvar="ROOMCTL_CA_FILE", exists=True, dir_okay=False,
+            "--ca-file", envvar="ROOMCTL_CA_FILE", metavar="FILE", exists=True, dir_okay=False,
             rich_help_panel="Connection",
             help="CA certificates (PEM) to verify an https/wss daemon with.")]),
     inspect.Parameter(

@@ -8,7 +8,7 @@ import typer
 
 from protocol.admin import DEFAULT_GRANTS, CreateToken, Grant, TokenIssued
 from protocol.limits import TokenTtl
-from roomctl import output, rules
+from roomctl import help, output, rules
 from roomctl.client import ExitCode, open_admin
 from roomctl.options import (
     Context,
@@ -21,7 +21,7 @@ from roomctl.options import (
     run,
 )
 
-token_app = typer.Typer(
+token_app = help.Typer(
     name="token", help="Make join tokens for private rooms.", no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
