@@ -16,8 +16,9 @@ from typing import Annotated, get_args
 import typer
 
 from protocol.limits import MAX_FRAME_BYTES, DisplayName, MessageText
-from roomctl import __version__, help, join, output, participants, post, rooms, tail, tokens
+from roomctl import __version__, join, output, participants, post, rooms, tail, tokens
 from roomctl.client import ExitCode
+from roomctl.help import PlainTyper
 from roomctl.options import until_signalled
 from roomctl.output import OutputClosed
 
@@ -30,7 +31,7 @@ except ImportError:  # pragma: no cover
 _NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click, "NoArgsIsHelpError", type(
     "_Never", (click.UsageError,), {}))
 
-app = help.Typer(
+app = PlainTyper(
     name="roomctl",
     help="Rooms for chat and WebRTC calls: run the daemon, manage rooms, take part.",
     no_args_is_help=True,

@@ -8,7 +8,7 @@ pipe). Two things are roomctl's own: the usage line names arguments as the man p
 (``ROOM [TEXT]...``), and options are listed under the headings their ``rich_help_panel``
 names ("Connection options", "Media options"), the grouping the panels gave.
 
-``Typer`` is ``typer.Typer`` with these classes for the group and every command.
+``PlainTyper`` is ``typer.Typer`` with these classes for the group and every command.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Group(TyperGroup):
                 formatter.write_dl(rows)
 
 
-class Typer(typer.Typer):
+class PlainTyper(typer.Typer):
     """``typer.Typer`` whose group and commands have plain help (see the module)."""
 
     def __init__(self, **kwargs: Any) -> None:

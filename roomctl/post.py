@@ -258,14 +258,15 @@ class _Stdin:
     """Standard input's lines, read by a thread and handed to trio in batches.
 
     A line too long to post is reported at once and counted; reading can be stopped
-    (``stop``), after which what was read but not handed over is kept in ``dropped``.
+    (``stop``), and ``unsent`` then says what was read but never handed over.
     """
 
     def __init__(self, send: trio.MemorySendChannel[list[Line]]) -> None:
         self.send = send
         self.too_long: list[int] = []
         self.at_end = False
-        self.dropped: list[Line] = []
+        self.handing: list[Line] = []  # the batch waiting for room in the channel
+        self.dropped: list[Line] = []  # batches that came after reading was stopped
         self.reading = trio.CancelScope()
 
     async def read(self) -> None:
@@ -309,11 +310,18 @@ class _Stdin:
                 self.at_end = True
                 return
 
+    def unsent(self) -> list[Line]:
+        """Return the lines read but not handed over (after ``stop``)."""
+        return self.handing + self.dropped
+
     async def _hand_over(self, batch: list[Line]) -> None:
+        self.handing = batch
         try:
             await self.send.send(batch)
         except trio.ClosedResourceError:  # reading was stopped meanwhile
             self.dropped.extend(batch)
+        finally:
+            self.handing = []
 
     def _usable(self, number: int, raw: bytes) -> str | None:
         """Return line ``number`` as text, or None for an empty one or one too long to post."""
@@ -353,13 +361,16 @@ async def _post_stdin_lines(ctx: Context, room: str, name: str, outbox: _Outbox)
             await until_signalled(
                 lambda: _post_all(ctx, room, name, receive, outbox, retry=True,
                                   stopping=stopping), stop)
-        except _GaveUp as exc:
+        except (_GaveUp, CliError) as exc:
+            # Whatever ended it, say which lines it read and did not post.
+            reason = exc.reason if isinstance(exc, _GaveUp) else exc
             stdin.stop()
-            await trio.lowlevel.checkpoint()  # a hand-over the stop interrupted counts itself
-            left = outbox.left_over(_queued(receive) + stdin.dropped)
+            unsent = _queued(receive) + stdin.unsent()
+            if reason.exit_code is ExitCode.TIMEOUT or not (unsent or outbox.unacked):
+                raise reason from None  # (a timeout names the unanswered lines itself)
             unread = "" if stdin.at_end else "; stdin was not read to its end"
-            raise CliError(exc.reason.exit_code,
-                           f"{exc.reason.message}: {left}{unread}") from None
+            raise CliError(reason.exit_code,
+                           f"{reason.message}: {outbox.left_over(unsent)}{unread}") from None
         finally:
             nursery.cancel_scope.cancel()
     for number in stdin.too_long:

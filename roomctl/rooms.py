@@ -16,11 +16,12 @@ from protocol.admin import CreateRoom, DeleteRoom, GetRoom, Kick, ListRooms, Roo
 from protocol.chat import ChatParticipantMeta, ChatRoomMeta, Pin, SetTopic, Unpin
 from protocol.limits import MaxParticipants, TopicText
 from protocol.messages import Participant, RoomInfo
-from roomctl import help, output
+from roomctl import output
 from roomctl.client import CliError, ExitCode, open_admin, open_room
+from roomctl.help import PlainTyper
 from roomctl.options import Context, check, check_room, client_command, fail, run
 
-room_app = help.Typer(
+room_app = PlainTyper(
     name="room", help="Create, list, show and delete rooms; set the topic and pins.",
     no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -8,8 +8,9 @@ import typer
 
 from protocol.admin import DEFAULT_GRANTS, CreateToken, Grant, TokenIssued
 from protocol.limits import TokenTtl
-from roomctl import help, output, rules
+from roomctl import output, rules
 from roomctl.client import ExitCode, open_admin
+from roomctl.help import PlainTyper
 from roomctl.options import (
     Context,
     check,
@@ -21,7 +22,7 @@ from roomctl.options import (
     run,
 )
 
-token_app = help.Typer(
+token_app = PlainTyper(
     name="token", help="Make join tokens for private rooms.", no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
