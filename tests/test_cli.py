@@ -837,3 +837,21 @@ async def test_a_closed_stdout_is_not_a_network_failure(daemon_process: ServePro
                 rc = await proc.wait()
             err = await _read_to_end(proc.stderr)
         assert (rc, err) == (141, b""), args
+
+
+async def test_a_second_signal_ends_a_command_at_once_with_130() -> None:
+    with socket.socket() as silent:  # accepts TCP connections and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        # A message once read is posted even if a signal comes (within --timeout); a
+        # second signal says the user will not wait for that.
+        async with started(None, "post", "ops", "hello", "--url", url, "--timeout", "60s",
+                           background=False) as proc:
+            with trio.fail_after(CLI_TIMEOUT):
+                while not connected_to(proc.pid, silent.getsockname()[1]):
+                    await trio.sleep(0.05)
+            assert await still_running_after(proc, signal.SIGTERM, 0.5)
+            stopped = await finished(proc, signal.SIGTERM)
+    assert stopped.rc == 130
+    assert one_error_line(stopped) == "roomctl: SIGTERM again: stopped at once"
