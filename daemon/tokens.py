@@ -73,14 +73,18 @@ class Authority:
         except jwt.InvalidSignatureError:
             raise ProtocolError(ErrorCode.UNAUTHORIZED,
                                 "the token's signature is not this daemon's") from None
-        except jwt.InvalidTokenError as exc:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
+        except jwt.ImmatureSignatureError:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "the token is not valid yet") from None
+        except jwt.InvalidTokenError:
+            # Neither the admin token nor a join token of ours; PyJWT's own wording ("Not
+            # enough segments") means nothing to whoever reads this.
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "not a valid token") from None
         grants = claims["grants"]
         room, identity, name = claims["room"], claims["sub"], claims.get("name")
         if not (isinstance(grants, list) and all(g in ALL_GRANTS for g in grants)
                 and isinstance(room, str) and isinstance(identity, str)
                 and (name is None or (isinstance(name, str) and 0 < len(name) <= 64))):
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "invalid token: bad claims")
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "not a valid token (bad claims)")
         return Access(grants=frozenset(Grant(g) for g in grants), room=room, identity=identity,
                       name=name)
 

@@ -16,14 +16,22 @@ from typing import Annotated, get_args
 import typer
 
 from protocol.limits import MAX_FRAME_BYTES, DisplayName, MessageText
-from roomctl import __version__, join, participants, post, rooms, tail, tokens
+from roomctl import __version__, join, output, participants, post, rooms, tail, tokens
+from roomctl.client import ExitCode
+from roomctl.help import PlainTyper
+from roomctl.options import until_signalled
+from roomctl.output import OutputClosed
 
 try:  # Typer 0.22+ vendors Click; older releases use Click itself.
     from typer._click import exceptions as click
 except ImportError:  # pragma: no cover
     import click  # type: ignore[no-redef]
 
-app = typer.Typer(
+# Click 8.2+ raises it for a group called without a command; older releases print the help.
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click, "NoArgsIsHelpError", type(
+    "_Never", (click.UsageError,), {}))
+
+app = PlainTyper(
     name="roomctl",
     help="Rooms for chat and WebRTC calls: run the daemon, manage rooms, take part.",
     no_args_is_help=True,
@@ -60,16 +68,17 @@ def _url_host(host: str) -> str:
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(envvar="ROOMCTL_HOST", help="Address to listen on.")
+        str, typer.Option(envvar="ROOMCTL_HOST", metavar="ADDRESS", help="Address to listen on.")
     ] = "127.0.0.1",
     port: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_PORT", min=0, max=65535, help="TCP port; 0 picks a free one."),
+        typer.Option(envvar="ROOMCTL_PORT", metavar="PORT", min=0, max=65535,
+                     help="TCP port; 0 picks a free one."),
     ] = 8750,
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            envvar="ROOMCTL_DATA_DIR",
+            envvar="ROOMCTL_DATA_DIR", metavar="DIR",
             help="Where rooms, messages and the admin token live.",
             show_default="$XDG_STATE_HOME/roomctl",
         ),
@@ -84,7 +93,7 @@ def serve(
     ] = False,
     grace: Annotated[
         float,
-        typer.Option(envvar="ROOMCTL_GRACE", min=0.0,
+        typer.Option(envvar="ROOMCTL_GRACE", metavar="SECONDS", min=0.0,
                      help="Seconds a dropped participant may take to resume before it leaves."),
     ] = 60.0,
     auto_create: Annotated[
@@ -100,7 +109,8 @@ def serve(
     ] = 300.0,
     log_level: Annotated[
         str,
-        typer.Option(envvar="ROOMCTL_LOG_LEVEL", help="debug, info, warning or error."),
+        typer.Option(envvar="ROOMCTL_LOG_LEVEL", metavar="LEVEL",
+                     help="debug, info, warning or error."),
     ] = "info",
     require_tokens: Annotated[
         bool,
@@ -109,11 +119,12 @@ def serve(
     ] = False,
     max_rooms: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_MAX_ROOMS", min=1, help="Most rooms the daemon holds."),
+        typer.Option(envvar="ROOMCTL_MAX_ROOMS", metavar="N", min=1,
+                     help="Most rooms the daemon holds."),
     ] = 10_000,
     max_participants: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_MAX_PARTICIPANTS", min=1,
+        typer.Option(envvar="ROOMCTL_MAX_PARTICIPANTS", metavar="N", min=1,
                      help="Most participants in one room (hidden observers not counted)."),
     ] = 100,
     tls_cert: Annotated[
@@ -134,35 +145,35 @@ def serve(
     ] = False,
     rate_limit: Annotated[
         float,
-        typer.Option(envvar="ROOMCTL_RATE_LIMIT", min=0.0,
+        typer.Option(envvar="ROOMCTL_RATE_LIMIT", metavar="N", min=0.0,
                      help="Requests per second per connection, sustained; 0: no limit. "
                           "The admin token's connections are not limited."),
     ] = 20.0,
     rate_burst: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_RATE_BURST", min=1,
+        typer.Option(envvar="ROOMCTL_RATE_BURST", metavar="N", min=1,
                      help="Requests a connection may make at once, after a quiet spell."),
     ] = 200,
     max_rate_limited: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_MAX_RATE_LIMITED", min=1,
+        typer.Option(envvar="ROOMCTL_MAX_RATE_LIMITED", metavar="N", min=1,
                      help="Refused (rate-limited) requests within 10 s before the connection "
                           "is closed (1008)."),
     ] = 100,
     max_connections_per_address: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_MAX_CONNECTIONS_PER_ADDRESS", min=0,
+        typer.Option(envvar="ROOMCTL_MAX_CONNECTIONS_PER_ADDRESS", metavar="N", min=0,
                      help="Connections open at once from one client address, loopback "
                           "included; 0: no limit."),
     ] = 64,
     ping_interval: Annotated[
         float,
-        typer.Option(envvar="ROOMCTL_PING_INTERVAL", min=0.0,
+        typer.Option(envvar="ROOMCTL_PING_INTERVAL", metavar="SECONDS", min=0.0,
                      help="Seconds between WebSocket pings to each client; 0: no pings."),
     ] = 30.0,
     ping_timeout: Annotated[
         float,
-        typer.Option(envvar="ROOMCTL_PING_TIMEOUT", min=0.0,
+        typer.Option(envvar="ROOMCTL_PING_TIMEOUT", metavar="SECONDS", min=0.0,
                      help="Seconds a client has to answer a ping before it is closed (1011)."),
     ] = 20.0,
     allowed_origin: Annotated[
@@ -173,27 +184,28 @@ def serve(
     ] = None,
     max_text: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_MAX_TEXT", min=1, max=MAX_TEXT,
+        typer.Option(envvar="ROOMCTL_MAX_TEXT", metavar="N", min=1, max=MAX_TEXT,
                      help="Longest message text, in characters."),
     ] = MAX_TEXT,
     max_name: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_MAX_NAME", min=1, max=MAX_NAME,
+        typer.Option(envvar="ROOMCTL_MAX_NAME", metavar="N", min=1, max=MAX_NAME,
                      help="Longest display name, in characters."),
     ] = MAX_NAME,
     max_frame_bytes: Annotated[
         int,
-        typer.Option(envvar="ROOMCTL_MAX_FRAME_BYTES", min=1024, max=MAX_FRAME_BYTES,
+        typer.Option(envvar="ROOMCTL_MAX_FRAME_BYTES", metavar="BYTES", min=1024,
+                     max=MAX_FRAME_BYTES,
                      help="Largest WebSocket frame; a larger one closes the connection (1009)."),
     ] = MAX_FRAME_BYTES,
     handshake_timeout: Annotated[
         float,
-        typer.Option(envvar="ROOMCTL_HANDSHAKE_TIMEOUT", min=0.0,
+        typer.Option(envvar="ROOMCTL_HANDSHAKE_TIMEOUT", metavar="SECONDS", min=0.0,
                      help="Seconds from the WebSocket opening to a successful hello."),
     ] = 10.0,
     head_timeout: Annotated[
         float,
-        typer.Option(envvar="ROOMCTL_HEAD_TIMEOUT", min=0.0,
+        typer.Option(envvar="ROOMCTL_HEAD_TIMEOUT", metavar="SECONDS", min=0.0,
                      help="Seconds from accepting a connection to its whole request head "
                           "(TLS handshake included)."),
     ] = 10.0,
@@ -269,18 +281,22 @@ def serve(
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
 
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    serving = trio.CancelScope()
+
+    def shut_down(signum: signal.Signals) -> None:
+        logging.getLogger("roomctl").info("%s: shutting down", signum.name)
+        serving.cancel()  # the daemon's graceful shutdown runs as it is cancelled
+
+    async def serve_until_cancelled() -> None:
+        with serving:
             async with trio.open_nursery() as nursery:
                 bound_host, bound_port = await nursery.start(serve, config)
                 scheme = "https" if config.tls else "http"
                 print(f"listening on {scheme}://{_url_host(bound_host)}:{bound_port}",
                       flush=True)
-                async for signum in signals:
-                    logging.getLogger("roomctl").info(
-                        "%s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
+
+    async def main() -> None:
+        await until_signalled(serve_until_cancelled, shut_down)
 
     from daemon.store import StoreError
 
@@ -338,11 +354,14 @@ def main() -> None:
     """Console-script entry point: usage errors are one line on stderr and exit 2."""
     try:
         status = app(standalone_mode=False, prog_name="roomctl")
+        output.flush()  # what print() buffered: a closed pipe is seen here, not at exit
+    except _NO_ARGS_IS_HELP as exc:  # a group called without a command: its help
+        print(exc.format_message(), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:
         message = exc.format_message().rstrip(".")
-        if message:  # empty when a group was called without a command (help was shown)
-            hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
-            print(f"roomctl: {message}{hint}", file=sys.stderr)
+        hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+        print(f"roomctl: {message}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         print(f"roomctl: {exc.format_message()}", file=sys.stderr)
@@ -350,4 +369,9 @@ def main() -> None:
     except typer.Abort:
         print("roomctl: aborted", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("roomctl: interrupted", file=sys.stderr)
+        sys.exit(ExitCode.INTERRUPTED)
+    except OutputClosed:
+        sys.exit(ExitCode.OUTPUT_CLOSED)  # quietly: whoever read stdout has had enough
     sys.exit(status if isinstance(status, int) else 0)

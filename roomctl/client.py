@@ -34,6 +34,7 @@ from protocol.admin import ADMIN_EVENTS
 from protocol.chat import CHAT_EVENTS
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
+from roomctl.rules import explain_refusal
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class ExitCode(enum.IntEnum):
     UNAUTHORIZED = 4  # missing, wrong or under-granted token
     UNREACHABLE = 5  # no daemon at the URL (connection refused, DNS, TLS failure)
     TIMEOUT = 6  # --timeout (or wait's --timeout) ran out
-    INTERRUPTED = 130  # not used for Ctrl-C on tail/join, which exit 0
+    INTERRUPTED = 130  # wait stopped by a signal; any command stopped by a second one
+    OUTPUT_CLOSED = 141  # stdout's reader went away (128 + SIGPIPE, as coreutils)
 
 
 class CliError(Exception):
@@ -63,6 +65,10 @@ class CliError(Exception):
         self.exit_code = exit_code
         self.message = message
         self.code = code  # the daemon's error code, when it refused
+
+
+class HelloRefused(CliError):
+    """The daemon refused a connection's hello (its token, or entry to the room)."""
 
 
 _EXIT_FOR_ERROR: dict[str, ExitCode] = {
@@ -79,10 +85,16 @@ _EXIT_FOR_CLOSE: dict[int, ExitCode] = {
 }
 
 
-def refused(error: Error) -> CliError:
-    """Return the CliError for an ``error`` frame, with the exit code its code maps to."""
+def refused(error: Error, request: Request | None = None) -> CliError:
+    """Return the CliError for an ``error`` frame, with the exit code its code maps to.
+
+    A decoder's wording about a field of ``request`` is put in words (rules.explain_refusal).
+    """
     exit_code = _EXIT_FOR_ERROR.get(str(error.code), ExitCode.REFUSED)
-    return CliError(exit_code, f"{error.code}: {error.message}", code=str(error.code))
+    message = error.message
+    if request is not None and error.code == ErrorCode.BAD_REQUEST:
+        message = explain_refusal(message, request)
+    return CliError(exit_code, f"{error.code}: {message}", code=str(error.code))
 
 
 def closed(exc: trio_websocket.ConnectionClosed) -> CliError:
@@ -103,6 +115,19 @@ def _is_local(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A token to present, and where it came from."""
+
+    token: str
+    file: Path | None = None  # the admin token file it was read from; None: given explicitly
+
+    @property
+    def implicit(self) -> bool:
+        """Whether it was read from a data directory rather than given (--token, env)."""
+        return self.file is not None
 
 
 @dataclass(frozen=True)
@@ -136,21 +161,32 @@ class Target:
         scheme = "https" if self.secure else "http"
         return urlunsplit((scheme, parts.netloc, path, "", ""))
 
-    def resolved_token(self) -> str | None:
+    @property
+    def admin_token_file(self) -> Path:
+        """The file a local daemon keeps its admin token in (under ``data_dir``)."""
+        return (self.data_dir or _default_data_dir()) / ADMIN_TOKEN_FILE
+
+    def credential(self) -> Credential | None:
         """Return the token to present: the explicit one, else a local daemon's admin token.
 
         The admin token file is read only when the URL names this machine, so a token never
-        leaves it for a remote daemon by accident.
+        leaves it for a remote daemon by accident. Returns None when there is neither.
         """
         if self.token:
-            return self.token
+            return Credential(self.token)
         if not _is_local(self.host):
             return None
-        data_dir = self.data_dir or _default_data_dir()
+        path = self.admin_token_file
         try:
-            return (data_dir / ADMIN_TOKEN_FILE).read_text().strip() or None
+            token = path.read_text().strip()
         except OSError:
             return None
+        return Credential(token, file=path.absolute()) if token else None
+
+    def resolved_token(self) -> str | None:
+        """Return the token ``credential`` finds, or None."""
+        credential = self.credential()
+        return credential.token if credential is not None else None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """Return the context to verify an https/wss daemon with; None for http/ws.
@@ -212,6 +248,7 @@ class Session:
         self.codec = codec
         self.timeout = timeout
         self.welcome: Welcome | None = None
+        self.token: str | None = None  # the token its hello presented
         self._pending: collections.deque[Any] = collections.deque()
 
     def next_ref(self) -> str:
@@ -260,7 +297,7 @@ class Session:
             raise CliError(ExitCode.TIMEOUT,
                            f"no answer to {type(frame).__name__} in {self.timeout:g} s")
         if isinstance(reply, Error):
-            raise refused(reply)
+            raise refused(reply, frame)
         if expect is not None and not isinstance(reply, expect | Ok):
             raise CliError(ExitCode.REFUSED, f"unexpected answer {type(reply).__name__}")
         return reply
@@ -295,8 +332,14 @@ async def connect(target: Target, path: str, hello: Hello) -> AsyncIterator[Sess
             ) as ws:
                 connecting.deadline = math.inf
                 session = Session(ws, codec, target.timeout)
-                welcome = await session.request(
-                    msgspec.structs.replace(hello, ref=session.next_ref()))
+                session.token = hello.token
+                try:
+                    welcome = await session.request(
+                        msgspec.structs.replace(hello, ref=session.next_ref()))
+                except CliError as exc:
+                    if exc.code is None:  # not an answer from the daemon
+                        raise
+                    raise HelloRefused(exc.exit_code, exc.message, code=exc.code) from None
                 if not isinstance(welcome, Welcome):
                     raise CliError(ExitCode.REFUSED,
                                    f"unexpected answer {type(welcome).__name__}")
@@ -407,27 +450,79 @@ async def open_room(target: Target, room: str, *, name: str | None = None,
 
     The CLI never creates a room by joining it unless asked (``create``): a typo in a
     script must not make a new, unread room. A missing room is CliError NOT_FOUND.
+
+    An admin token read from a data directory (not given) that the daemon refuses is
+    probably another daemon's: the room is tried once more without it, which works for an
+    open room. If that is refused too, the error names the file and what to do.
     """
-    hello = Hello(name=name, token=target.resolved_token(), hidden=hidden, resume=resume,
-                  create=create)
+    credential = target.credential()
+    hello = Hello(name=name, token=credential.token if credential is not None else None,
+                  hidden=hidden, resume=resume, create=create)
+    path = room_path(room)
+    entered = False
     try:
-        async with connect(target, room_path(room), hello) as session:
+        async with connect(target, path, hello) as session:
+            entered = True
             yield session
-    except CliError as exc:
-        if hidden and exc.code == "forbidden" and "hidden" in exc.message:
-            exc.message += " (this command observes the room unseen: give the token the " \
-                           "hidden grant)"
-        raise
+        return
+    except HelloRefused as exc:
+        if entered or credential is None or not _refuses_token(credential, exc):
+            raise _with_hint(exc, hidden) from None
+        first = exc
+    try:
+        async with connect(target, path, msgspec.structs.replace(hello, token=None)) as session:
+            entered = True
+            yield session
+    except HelloRefused as exc:
+        if entered:
+            raise
+        raise _token_refused(target, credential, first, also=exc) from None
+
+
+def _refuses_token(credential: Credential, exc: CliError) -> bool:
+    """Whether ``exc`` is the daemon refusing an admin token read from a data directory."""
+    return credential.implicit and exc.code == ErrorCode.UNAUTHORIZED
+
+
+def _token_refused(target: Target, credential: Credential, exc: CliError, *,
+                   also: CliError | None = None) -> CliError:
+    """Return the error for an admin token from a data directory that the daemon refused."""
+    reason = exc.message.removeprefix(f"{exc.code}: ")
+    then = ""
+    if also is not None:
+        then = f", and without it: {also.message.removeprefix(f'{also.code}: ')}"
+    return CliError(
+        ExitCode.UNAUTHORIZED,
+        f"the daemon at {target.url} refused the admin token in {credential.file} "
+        f"({reason}){then}; give --data-dir that daemon's data directory, or a token with "
+        "--token", code=exc.code)
+
+
+def _with_hint(exc: HelloRefused, hidden: bool) -> CliError:
+    if hidden and exc.code == "forbidden" and "hidden" in exc.message:
+        exc.message += " (this command observes the room unseen: give the token the " \
+                       "hidden grant)"
+    return exc
 
 
 @asynccontextmanager
 async def open_admin(target: Target) -> AsyncIterator[Session]:
-    """Open the admin endpoint with the admin token and yield the Session."""
-    token = target.resolved_token()
-    if token is None:
-        token_file = (target.data_dir or _default_data_dir()) / ADMIN_TOKEN_FILE
-        where = f"--token, ROOMCTL_TOKEN or {token_file}" if _is_local(target.host) \
-            else "--token or ROOMCTL_TOKEN"
+    """Open the admin endpoint with the admin token and yield the Session.
+
+    Raises CliError UNAUTHORIZED without a token, or when the daemon refuses it (naming the
+    file it was read from, if it was).
+    """
+    credential = target.credential()
+    if credential is None:
+        where = f"--token, ROOMCTL_TOKEN or {target.admin_token_file}" \
+            if _is_local(target.host) else "--token or ROOMCTL_TOKEN"
         raise CliError(ExitCode.UNAUTHORIZED, f"no admin token: give it with {where}")
-    async with connect(target, ADMIN_PATH, Hello(token=token)) as session:
-        yield session
+    entered = False
+    try:
+        async with connect(target, ADMIN_PATH, Hello(token=credential.token)) as session:
+            entered = True
+            yield session
+    except HelloRefused as exc:
+        if entered or not _refuses_token(credential, exc):
+            raise
+        raise _token_refused(target, credential, exc) from None

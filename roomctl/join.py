@@ -27,7 +27,16 @@ from roomctl.media.settings import (
     split_list,
     video_source,
 )
-from roomctl.options import Context, client_command, fail, parse_duration, run
+from roomctl.options import (
+    Context,
+    check_name,
+    check_room,
+    client_command,
+    fail,
+    parse_duration,
+    run,
+)
+from roomctl.output import OutputClosed
 
 DEFAULT_VIDEO = "testsrc"
 DEFAULT_AUDIO = "silence"
@@ -47,9 +56,11 @@ def _duration(value: str | None) -> float | None:
 @client_command
 def join(
     ctx: Context,
-    room: Annotated[str, typer.Argument(help="The room; it must exist.")],
+    room: Annotated[str, typer.Argument(
+        metavar="ROOM", help="The room; it must exist.", callback=check_room)],
     name: Annotated[str, typer.Option(
-        "--name", envvar="ROOMCTL_NAME", help="The name others see.")] = "roomctl",
+        "--name", envvar="ROOMCTL_NAME", metavar="NAME", callback=check_name,
+        help="The name others see.")] = "roomctl",
     video: Annotated[str | None, typer.Option(
         metavar="SRC", rich_help_panel=Media, show_default=DEFAULT_VIDEO,
         help="testsrc, lavfi:GRAPH, a V4L2 device (/dev/video0, v4l2:PATH), or a file or "
@@ -158,6 +169,9 @@ def join(
         run(call.run)
     except typer.Exit as exc:  # run() turned a CliError into its exit status
         _exit_without_stragglers(clean=call.clean, status=exc.exit_code)
+        raise
+    except OutputClosed:  # stdout's reader went away (--json): end quietly, after leaving
+        _exit_without_stragglers(clean=call.clean, status=ExitCode.OUTPUT_CLOSED)
         raise
     _exit_without_stragglers(clean=call.clean, status=0)
 

@@ -5,21 +5,29 @@
 parameters and hands the command a ``Context`` instead. ``run`` executes a trio coroutine
 and turns ``CliError`` into one line on stderr and its exit code: no command prints a
 traceback for a failure it can name.
+
+Long-running commands (serve, tail, post, wait, join) stop on SIGTERM or SIGINT through
+``until_signalled`` (or ``run_until_signalled``), the one place that handles signals: the
+first asks the command to stop in its own way, a second ends the process at once.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import trio
 import typer
 
+from protocol.limits import DisplayName, RoomName
+from roomctl import rules
 from roomctl.client import (
     DEFAULT_URL,
     CliError,
@@ -28,6 +36,7 @@ from roomctl.client import (
     exception_leaves,
     validate_url,
 )
+from roomctl.output import OutputClosed
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -53,6 +62,28 @@ def _check_timeout(value: str) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def check(constrained: Any, what: str) -> Callable[[Any], Any]:
+    """Return a Typer callback refusing a value outside a protocol constraint type.
+
+    The refusal is a usage error (exit 2) giving the rule in words; ``what`` names the value
+    ("room name"). None (an option not given) passes; each item of a list is checked.
+    """
+
+    def callback(value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            reason = None if item is None else rules.problem(constrained, item, what)
+            if reason is not None:
+                raise typer.BadParameter(reason)
+        return value
+
+    return callback
+
+
+# The checks several commands share.
+check_room = check(RoomName, "room name")
+check_name = check(DisplayName, "name")
 
 
 def parse_duration(text: str) -> float:
@@ -81,25 +112,26 @@ _GLOBAL_PARAMS = [
     inspect.Parameter(
         "url", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_URL,
         annotation=Annotated[str, typer.Option(
-            "--url", envvar="ROOMCTL_URL", callback=_check_url, rich_help_panel="Connection",
+            "--url", envvar="ROOMCTL_URL", metavar="URL", callback=_check_url,
+            rich_help_panel="Connection",
             help="The daemon: http, https, ws or wss URL.")]),
     inspect.Parameter(
         "token", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[str | None, typer.Option(
-            "--token", envvar="ROOMCTL_TOKEN", rich_help_panel="Connection",
+            "--token", envvar="ROOMCTL_TOKEN", metavar="TOKEN", rich_help_panel="Connection",
             show_default="the local daemon's admin token",
             help="Admin or join token; always wins over the admin token file.")]),
     inspect.Parameter(
         "data_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[Path | None, typer.Option(
-            "--data-dir", envvar="ROOMCTL_DATA_DIR", rich_help_panel="Connection",
+            "--data-dir", envvar="ROOMCTL_DATA_DIR", metavar="DIR", rich_help_panel="Connection",
             show_default="$XDG_STATE_HOME/roomctl",
             help="A local daemon's data directory, to read its admin token from.")]),
     inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY),  # see _timeout_param
     inspect.Parameter(
         "ca_file", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[Path | None, typer.Option(
-            "--ca-file", envvar="ROOMCTL_CA_FILE", exists=True, dir_okay=False,
+            "--ca-file", envvar="ROOMCTL_CA_FILE", metavar="FILE", exists=True, dir_okay=False,
             rich_help_panel="Connection",
             help="CA certificates (PEM) to verify an https/wss daemon with.")]),
     inspect.Parameter(
@@ -157,21 +189,117 @@ def client_command(
     return wrapper
 
 
-def fail(message: str, exit_code: ExitCode = ExitCode.REFUSED) -> None:
+def fail(message: str, exit_code: ExitCode = ExitCode.REFUSED) -> NoReturn:
     """Print ``roomctl: message`` on stderr and exit with ``exit_code``."""
     print(f"roomctl: {message}", file=sys.stderr)
     raise typer.Exit(int(exit_code))
 
 
 def run(main: Callable[[], Awaitable[T]]) -> T:
-    """Run ``main`` under trio; a CliError becomes one stderr line and its exit code."""
+    """Run ``main`` under trio; a CliError becomes one stderr line and its exit code.
+
+    Ctrl-C outside a long command's own handling is one line and status 130. OutputClosed
+    (stdout's reader went away) passes through, bare, for the entry point to end quietly.
+    """
     try:
         return trio.run(main)
     except CliError as exc:
         fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", ExitCode.INTERRUPTED)
     except BaseExceptionGroup as group:
-        errors = [e for e in exception_leaves(group) if isinstance(e, CliError)]
+        leaves = list(exception_leaves(group))
+        errors = [e for e in leaves if isinstance(e, CliError)]
         if errors:
             fail(errors[0].message, errors[0].exit_code)
+        if any(isinstance(e, OutputClosed) for e in leaves):
+            raise OutputClosed from None
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            fail("interrupted", ExitCode.INTERRUPTED)
         raise
-    raise AssertionError("unreachable")
+
+
+# --- long commands and signals ----------------------------------------------------------------
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """Return the signals that stop a long command: SIGTERM, and SIGINT unless it is ignored.
+
+    A non-interactive shell starts background jobs (``roomctl tail R &``) with SIGINT
+    ignored, so that a Ctrl-C meant for the foreground does not reach them; such a job keeps
+    ignoring it, and SIGTERM (``kill``) stops it.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return (signal.SIGTERM,)
+    return (signal.SIGTERM, signal.SIGINT)
+
+
+async def until_signalled(main: Callable[[], Awaitable[T]],
+                          on_signal: Callable[[signal.Signals], None]) -> T:
+    """Run ``main`` and return its result; call ``on_signal`` on the first stop signal.
+
+    ``on_signal`` runs as trio code (no signal-handler restrictions): it cancels a scope,
+    closes a channel, sets a flag. A second signal means the user will not wait for the
+    graceful stop: the process ends at once with status 130. Raises what ``main`` raises.
+    """
+    with trio.open_signal_receiver(*stop_signals()) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch, signals, on_signal)
+                try:
+                    return await main()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:  # main's own exception, wrapped by the nursery
+                raise group.exceptions[0] from None
+            raise
+
+
+async def _watch(signals: AsyncIterator[int],
+                 on_signal: Callable[[signal.Signals], None]) -> None:
+    stopping = False
+    async for signum in signals:
+        if stopping:
+            exit_now(f"{signal.Signals(signum).name} again: stopped at once")
+        stopping = True
+        on_signal(signal.Signals(signum))
+
+
+def exit_now(message: str) -> NoReturn:
+    """Print ``roomctl: message`` and end the process at once (no cleanup), status 130."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
+    print(f"roomctl: {message}", file=sys.stderr, flush=True)
+    os._exit(int(ExitCode.INTERRUPTED))
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What a long command run by ``run_until_signalled`` returns when a signal ended it."""
+
+    signal: signal.Signals
+
+
+def run_until_signalled(main: Callable[[], Awaitable[T]]) -> T | Stopped:
+    """Like ``run``, but the first SIGTERM or SIGINT cancels ``main``: return Stopped then."""
+
+    async def stoppable() -> T | Stopped:
+        scope = trio.CancelScope()
+        received: list[signal.Signals] = []
+
+        def stop(signum: signal.Signals) -> None:
+            received.append(signum)
+            scope.cancel()
+
+        async def cancellable() -> T | Stopped:
+            with scope:
+                return await main()
+            return Stopped(received[0])
+
+        return await until_signalled(cancellable, stop)
+
+    return run(stoppable)

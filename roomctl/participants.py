@@ -12,11 +12,19 @@ import typer
 
 from protocol.messages import Participant, ParticipantJoined, ParticipantLeft, ParticipantUpdated
 from roomctl import output
-from roomctl.client import CliError, ExitCode, open_room
-from roomctl.options import Context, client_command, run
+from roomctl.client import ExitCode, open_room
+from roomctl.options import (
+    Context,
+    Stopped,
+    check_room,
+    client_command,
+    fail,
+    run,
+    run_until_signalled,
+)
 from roomctl.rooms import participant_json, print_participants
 
-RoomArg = Annotated[str, typer.Argument(metavar="ROOM", help="The room.")]
+RoomArg = Annotated[str, typer.Argument(metavar="ROOM", help="The room.", callback=check_room)]
 
 
 @client_command
@@ -41,13 +49,19 @@ def wait(
     ctx: Context,
     room: RoomArg,
     participants: Annotated[int, typer.Option(
-        "--participants", "-p", min=1, help="Wait until at least this many are live.")] = 1,
+        "--participants", "-p", min=1, metavar="N",
+        help="Wait until at least this many are live.")] = 1,
 ) -> None:
-    """Wait until a room has at least N live participants; exit 6 if --timeout runs out first."""
+    """Wait until a room has at least N live participants; exit 6 if --timeout runs out first.
+
+    SIGTERM or Ctrl-C ends the wait unfulfilled: exit 130. With --json, one document in
+    every case: room, participants (the live count reached), wanted, timed_out, interrupted.
+    """
 
     live: dict[str, bool] = {}
 
-    async def main() -> int:
+    async def main() -> bool:
+        """Return whether enough came before the timeout."""
         with trio.move_on_after(ctx.target.timeout):
             async with open_room(ctx.target, room, hidden=True) as session:
                 assert session.welcome is not None
@@ -58,11 +72,18 @@ def wait(
                         live[event.participant.id] = event.participant.live
                     elif isinstance(event, ParticipantLeft):
                         live.pop(event.participant_id, None)
-                return sum(live.values())
-        raise CliError(ExitCode.TIMEOUT,
-                       f"timed out after {ctx.target.timeout:g} s with "
-                       f"{sum(live.values())} of {participants} participants")
+                return True
+        return False
 
-    count = run(main)
+    outcome = run_until_signalled(main)
+    count = sum(live.values())
     if ctx.json:
-        output.emit_json({"room": room, "participants": count})
+        output.emit_json({"room": room, "participants": count, "wanted": participants,
+                          "timed_out": outcome is False,
+                          "interrupted": isinstance(outcome, Stopped)})
+    if isinstance(outcome, Stopped):
+        fail(f"{outcome.signal.name}: stopped waiting with {count} of {participants} "
+             "participants", ExitCode.INTERRUPTED)
+    if outcome is False:
+        fail(f"timed out after {ctx.target.timeout:g} s with {count} of {participants} "
+             "participants", ExitCode.TIMEOUT)

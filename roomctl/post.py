@@ -6,6 +6,14 @@ disk, so an exit status of 0 means every message is stored. Messages are pipelin
 is retried with backoff; the messages not yet acknowledged are sent again, in order. (A
 message whose acknowledgement was lost in the drop may then be stored twice: the protocol has
 no idempotency key yet.)
+
+Every message is known by its line number in the input, so that whatever is not posted (a
+line over the limit, one the daemon refused, the lines still queued when an outage made
+``post`` give up) is named at the end, and the exit status is not 0.
+
+SIGTERM or SIGINT stops reading stdin: the lines already read are still posted (within
+``--timeout``) and the exit status says, as always, whether all of them are stored. During
+an outage it gives up at once instead of retrying. A second signal ends it at once (130).
 """
 
 from __future__ import annotations
@@ -14,8 +22,8 @@ import collections
 import itertools
 import os
 import re
+import signal
 import sys
-from functools import partial
 from typing import Annotated
 
 import trio
@@ -26,9 +34,17 @@ from protocol.limits import MAX_FRAME_BYTES
 from protocol.messages import Error, Ok
 from roomctl import output
 from roomctl.client import CliError, ExitCode, Session, open_room, refused
-from roomctl.options import Context, client_command, fail, run
+from roomctl.options import (
+    Context,
+    check_name,
+    check_room,
+    client_command,
+    fail,
+    run,
+    until_signalled,
+)
+from roomctl.rules import MAX_TEXT
 
-MAX_TEXT = 4000  # protocol.limits.MessageText
 WINDOW = 256  # messages in flight before reading more input (with the admin token)
 # Without the admin token the daemon rate-limits requests; a refused message is sent again
 # after the wait the daemon names, and only one message is ever in flight, so that a
@@ -37,17 +53,31 @@ LIMITED_WINDOW = 1
 _RETRY_IN = re.compile(r"retry in ([0-9.]+) s")
 RETRY_FOR = 60.0  # seconds --lines keeps retrying one outage before it gives up
 STDIN_BATCHES = 16  # reads of stdin (up to 64 KiB each) held ahead of the connection
+OVER_LIMIT = f"over the {MAX_TEXT}-character limit"
+
+Line = tuple[int, str]  # a message: its line number in the input, and its text
+
+
+class _GaveUp(Exception):
+    """Posting stopped with messages left (an outage outlasted RETRY_FOR, or a signal)."""
+
+    def __init__(self, reason: CliError) -> None:
+        super().__init__(reason.message)
+        self.reason = reason
 
 
 class _Outbox:
     """Messages not yet acknowledged, in input order, and what became of the others."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, lines: bool) -> None:
         self.unacked: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self.sent: set[int] = set()  # sent at least once: may be stored though unanswered
         self.retry: list[tuple[int, float]] = []  # (key, seconds): refused as rate-limited
         self.in_flight: set[int] = set()  # sent on the current connection, not answered
         self.refusals: dict[int, int] = {}  # rate-limited answers per message
+        self.not_posted: dict[int, str] = {}  # line number -> why, for good
         self.as_json = as_json
+        self.lines = lines  # messages are lines of stdin (--lines), not one message
         self.posted = 0
         self.first_error: CliError | None = None
         self._changed = trio.Event()
@@ -72,7 +102,9 @@ class _Outbox:
         self.refusals.pop(key, None)
         if isinstance(reply, Error):
             error = refused(reply)
-            print(f"roomctl: message {key}: {error.message}", file=sys.stderr)
+            print(f"roomctl: {f'line {key}: ' if self.lines else ''}{error.message}",
+                  file=sys.stderr)
+            self.not_posted[key] = error.message
             self.first_error = self.first_error or error
         else:
             self.posted += 1
@@ -86,6 +118,7 @@ class _Outbox:
 
     async def send(self, session: Session, key: int) -> None:
         self.in_flight.add(key)
+        self.sent.add(key)
         await session.send(SendMessage(ref=f"m{key}", text=self.unacked[key]))
 
     def reconnected(self) -> None:
@@ -109,6 +142,39 @@ class _Outbox:
         # Every unacknowledged message was sent on this connection: none is left over.
         assert not self.unacked, self.unacked
 
+    def left_over(self, queued: list[Line]) -> str:
+        """Say which messages are not stored when posting stops early: those never sent
+        (including ``queued``, read but not yet taken), and those sent but not answered."""
+        never = sorted({key for key in self.unacked if key not in self.sent}
+                       | {number for number, _ in queued})
+        unsure = sorted(key for key in self.unacked if key in self.sent)
+        parts = []
+        if never:
+            parts.append(f"{_count(never)} not posted ({_numbers(never, self.lines)})")
+        if unsure:
+            parts.append(f"{_count(unsure)} sent but not acknowledged, so perhaps stored "
+                         f"({_numbers(unsure, self.lines)})")
+        return "; ".join(parts) or "every message read was stored"
+
+
+def _count(numbers: list[int]) -> str:
+    return f"{len(numbers)} message{'s' if len(numbers) != 1 else ''}"
+
+
+def _numbers(numbers: list[int], lines: bool = True) -> str:
+    """Return ``[2, 3, 4, 7]`` as "lines 2-4, 7" (ranges, at most 10 of them)."""
+    if not lines:
+        return "the message"
+    ranges: list[tuple[int, int]] = []
+    for number in sorted(numbers):
+        if ranges and number == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], number)
+        else:
+            ranges.append((number, number))
+    shown = [f"{a}-{b}" if b > a else str(a) for a, b in ranges[:10]]
+    more = ", ..." if len(ranges) > 10 else ""
+    return f"line{'s' if len(numbers) > 1 else ''} {', '.join(shown)}{more}"
+
 
 async def _answers(session: Session, outbox: _Outbox) -> None:
     while True:
@@ -117,18 +183,25 @@ async def _answers(session: Session, outbox: _Outbox) -> None:
             outbox.settle(int(frame.ref[1:]), frame)
 
 
-def _window(ctx: Context) -> int:
-    """Messages in flight at once: many with the admin token (never rate-limited), else one."""
-    token = ctx.target.resolved_token()
+def _window(session: Session) -> int:
+    """Messages in flight at once: many with the admin token (never rate-limited), else one.
+
+    Decided per connection, from the token its hello presented: an admin token read from a
+    data directory may have been refused, and the connection then went on without it.
+    """
+    token = session.token
     is_jwt = token is not None and token.count(".") == 2
     return WINDOW if token is not None and not is_jwt else LIMITED_WINDOW
 
 
 async def _post_all(ctx: Context, room: str, name: str,
-                    batches: trio.MemoryReceiveChannel[list[str]], *, retry: bool) -> _Outbox:
-    outbox = _Outbox(ctx.json)
-    window = _window(ctx)
-    keys = itertools.count(1)
+                    batches: trio.MemoryReceiveChannel[list[Line]], outbox: _Outbox, *,
+                    retry: bool, stopping: trio.Event) -> None:
+    """Post every message ``batches`` brings, in order, until the channel is closed.
+
+    Raises CliError (TIMEOUT when acknowledgements do not come), and _GaveUp when an outage
+    outlasts RETRY_FOR or ``stopping`` is set during one (only with ``retry``).
+    """
     exhausted = False
     outage_started: float | None = None
     backoff = 0.1
@@ -137,6 +210,7 @@ async def _post_all(ctx: Context, room: str, name: str,
             async with open_room(ctx.target, room, name=name, hidden=True) as session, \
                     trio.open_nursery() as nursery:
                 outage_started, backoff = None, 0.1
+                window = _window(session)
                 nursery.start_soon(_answers, session, outbox)
                 outbox.reconnected()
                 for key in list(outbox.unacked):
@@ -146,116 +220,212 @@ async def _post_all(ctx: Context, room: str, name: str,
                     async for batch in batches:
                         # All of a batch joins the outbox first: if the connection drops
                         # halfway through sending it, the rest goes out after reconnecting.
-                        added = [next(keys) for _ in batch]
-                        for key, text in zip(added, batch, strict=True):
+                        for key, text in batch:
                             outbox.add(key, text)
-                        for key in added:
+                        for key, _ in batch:
                             await outbox.wait_below(window, session)
                             await outbox.send(session, key)
                     exhausted = True
                 with trio.fail_after(ctx.target.timeout + 10):
                     await outbox.wait_all(session)
                 nursery.cancel_scope.cancel()
-            return outbox
+            return
         except trio.TooSlowError:
+            unanswered = list(outbox.unacked)
             raise CliError(ExitCode.TIMEOUT,
-                           f"{len(outbox.unacked)} messages not acknowledged in "
-                           f"{ctx.target.timeout:g} s") from None
+                           f"{_count(unanswered)} not acknowledged in "
+                           f"{ctx.target.timeout:g} s, so perhaps not stored "
+                           f"({_numbers(unanswered, outbox.lines)})") from None
         except CliError as exc:
             if not retry or exc.exit_code is not ExitCode.UNREACHABLE:
                 raise
             now = trio.current_time()
+            if stopping.is_set():
+                raise _GaveUp(exc) from None
             if outage_started is None:
                 outage_started = now
                 print(f"roomctl: {exc.message}; retrying", file=sys.stderr)
             elif now - outage_started > RETRY_FOR:
-                raise CliError(ExitCode.UNREACHABLE,
-                               f"{exc.message}; gave up after {RETRY_FOR:g} s with "
-                               f"{len(outbox.unacked)} messages not acknowledged") from None
-            await trio.sleep(backoff)
+                raise _GaveUp(CliError(exc.exit_code,
+                                       f"{exc.message}; gave up after {RETRY_FOR:g} s")) \
+                    from None
+            with trio.move_on_after(backoff):
+                await stopping.wait()
             backoff = min(backoff * 2, 5.0)
 
 
-def _read_stdin(send: trio.MemorySendChannel[list[str]],
-                token: trio.lowlevel.TrioToken) -> None:
-    """Hand stdin's non-empty lines to trio as they arrive, then close ``send`` (a thread).
+class _Stdin:
+    """Standard input's lines, read by a thread and handed to trio in batches.
 
-    Reads whatever the pipe holds, up to 64 KiB at a time, and hands over the complete lines
-    of each read in one batch: one thread hop per read, not per line.
+    A line too long to post is reported at once and counted; reading can be stopped
+    (``stop``), and ``unsent`` then says what was read but never handed over.
     """
-    fd = sys.stdin.fileno()
-    numbers = itertools.count(1)
-    pending = b""
-    try:
+
+    def __init__(self, send: trio.MemorySendChannel[list[Line]]) -> None:
+        self.send = send
+        self.too_long: list[int] = []
+        self.at_end = False
+        self.handing: list[Line] = []  # the batch waiting for room in the channel
+        self.dropped: list[Line] = []  # batches that came after reading was stopped
+        self.reading = trio.CancelScope()
+
+    async def read(self) -> None:
+        """Read stdin to its end, or until ``stop``; then close the channel."""
+        token = trio.lowlevel.current_trio_token()
+        with self.reading:
+            await trio.to_thread.run_sync(self._read, token, abandon_on_cancel=True)
+        self.send.close()
+
+    def stop(self) -> None:
+        """Stop reading: the thread is left blocked in read(2), and what it still hands
+        over is dropped (and counted)."""
+        self.reading.cancel()
+        self.send.close()
+
+    def _read(self, token: trio.lowlevel.TrioToken) -> None:
+        """Hand stdin's non-empty lines to trio as they arrive (in a thread).
+
+        Reads whatever the pipe holds, up to 64 KiB at a time, and hands over the complete
+        lines of each read in one batch: one thread hop per read, not per line.
+        """
+        fd = sys.stdin.fileno()
+        numbers = itertools.count(1)
+        pending = b""
         while True:
-            chunk = os.read(fd, 65536)
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as exc:
+                raise CliError(ExitCode.REFUSED,
+                               f"cannot read stdin: {exc.strerror or exc}") from None
             *complete, pending = (pending + chunk).split(b"\n") if chunk else [pending, b""]
-            batch = [line for raw in complete if (line := _usable(next(numbers), raw)) is not None]
+            batch: list[Line] = []
+            for raw in complete:
+                number = next(numbers)
+                line = self._usable(number, raw)
+                if line is not None:
+                    batch.append((number, line))
             if batch:
-                trio.from_thread.run(send.send, batch, trio_token=token)
+                trio.from_thread.run(self._hand_over, batch, trio_token=token)
             if not chunk:
-                break
-    finally:
-        trio.from_thread.run_sync(send.close, trio_token=token)
+                self.at_end = True
+                return
+
+    def unsent(self) -> list[Line]:
+        """Return the lines read but not handed over (after ``stop``)."""
+        return self.handing + self.dropped
+
+    async def _hand_over(self, batch: list[Line]) -> None:
+        self.handing = batch
+        try:
+            await self.send.send(batch)
+        except trio.ClosedResourceError:  # reading was stopped meanwhile
+            self.dropped.extend(batch)
+        finally:
+            self.handing = []
+
+    def _usable(self, number: int, raw: bytes) -> str | None:
+        """Return line ``number`` as text, or None for an empty one or one too long to post."""
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        if not line.strip():
+            return None
+        if len(line) > MAX_TEXT:
+            print(f"roomctl: line {number}: {len(line)} characters is {OVER_LIMIT}; "
+                  "not posted", file=sys.stderr)
+            self.too_long.append(number)
+            return None
+        return line
 
 
-def _usable(number: int, raw: bytes) -> str | None:
-    """Return line ``number`` as text, or None for an empty one or one too long to post."""
-    line = raw.decode("utf-8", errors="replace").rstrip("\r")
-    if not line.strip():
-        return None
-    if len(line) > MAX_TEXT:
-        print(f"roomctl: line {number}: {len(line)} characters is over the "
-              f"{MAX_TEXT}-character limit; not posted", file=sys.stderr)
-        return None
-    return line
+def _queued(batches: trio.MemoryReceiveChannel[list[Line]]) -> list[Line]:
+    """Take what is left in a closed channel."""
+    left: list[Line] = []
+    while True:
+        try:
+            left += batches.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return left
 
 
-async def _post_stdin_lines(ctx: Context, room: str, name: str) -> _Outbox:
-    send, receive = trio.open_memory_channel[list[str]](STDIN_BATCHES)
-    token = trio.lowlevel.current_trio_token()
+async def _post_stdin_lines(ctx: Context, room: str, name: str, outbox: _Outbox) -> None:
+    send, receive = trio.open_memory_channel[list[Line]](STDIN_BATCHES)
+    stdin = _Stdin(send)
+    stopping = trio.Event()
+
+    def stop(signum: signal.Signals) -> None:
+        stopping.set()
+        stdin.stop()
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.to_thread.run_sync, _read_stdin, send, token,
-                                   abandon_on_cancel=True))
-        outbox = await _post_all(ctx, room, name, receive, retry=True)
-        nursery.cancel_scope.cancel()
-    return outbox
+        nursery.start_soon(stdin.read)
+        try:
+            await until_signalled(
+                lambda: _post_all(ctx, room, name, receive, outbox, retry=True,
+                                  stopping=stopping), stop)
+        except (_GaveUp, CliError) as exc:
+            # Whatever ended it, say which lines it read and did not post.
+            reason = exc.reason if isinstance(exc, _GaveUp) else exc
+            stdin.stop()
+            unsent = _queued(receive) + stdin.unsent()
+            if reason.exit_code is ExitCode.TIMEOUT or not (unsent or outbox.unacked):
+                raise reason from None  # (a timeout names the unanswered lines itself)
+            unread = "" if stdin.at_end else "; stdin was not read to its end"
+            raise CliError(reason.exit_code,
+                           f"{reason.message}: {outbox.left_over(unsent)}{unread}") from None
+        finally:
+            nursery.cancel_scope.cancel()
+    for number in stdin.too_long:
+        outbox.not_posted[number] = OVER_LIMIT
 
 
-async def _post_one(ctx: Context, room: str, name: str, text: str) -> _Outbox:
-    send, receive = trio.open_memory_channel[list[str]](1)
-    send.send_nowait([text])
+async def _post_one(ctx: Context, room: str, name: str, text: str, outbox: _Outbox) -> None:
+    send, receive = trio.open_memory_channel[list[Line]](1)
+    send.send_nowait([(1, text)])
     send.close()
-    return await _post_all(ctx, room, name, receive, retry=False)
+    # Once read, the message is posted even if a signal comes: that is what it was for.
+    await until_signalled(
+        lambda: _post_all(ctx, room, name, receive, outbox, retry=False,
+                          stopping=trio.Event()), lambda signum: None)
+
+
+def _summary(not_posted: dict[int, str]) -> str:
+    """Return "2 lines not posted: line 2 (over the limit); line 5 (forbidden: ...)"."""
+    by_reason: dict[str, list[int]] = {}
+    for number, reason in sorted(not_posted.items()):
+        by_reason.setdefault(reason, []).append(number)
+    parts = [f"{_numbers(numbers)} ({reason})" for reason, numbers in by_reason.items()]
+    count = len(not_posted)
+    return f"{count} line{'s' if count != 1 else ''} not posted: {'; '.join(parts)}"
 
 
 @client_command
 def post(
     ctx: Context,
-    room: Annotated[str, typer.Argument(metavar="ROOM", help="The room.")],
+    room: Annotated[str, typer.Argument(metavar="ROOM", help="The room.",
+                                        callback=check_room)],
     text: Annotated[list[str] | None, typer.Argument(
-        metavar="[TEXT]...", help="The message (words are joined by spaces); '-' or none: stdin.",
+        metavar="TEXT", help="The message (words are joined by spaces); '-' or none: stdin.",
         show_default=False)] = None,
     name: Annotated[str, typer.Option(
-        "--name", envvar="ROOMCTL_NAME", help="The sender name others see.")] = "roomctl",
+        "--name", envvar="ROOMCTL_NAME", metavar="NAME", callback=check_name,
+        help="The sender name others see.")] = "roomctl",
     lines: Annotated[bool, typer.Option(
         "--lines", help="Post each line of stdin as its own message, as it arrives.")] = False,
 ) -> None:
     """Post a message to a room; exit 0 once the daemon has stored it.
 
     Reads the message from stdin when TEXT is '-' or absent; with --lines, posts each
-    stdin line as it arrives (journalctl -f | roomctl post ops --lines). Prints nothing,
-    or each message's sequence number as a JSON line with --json.
+    stdin line as it arrives (journalctl -f | roomctl post ops --lines): a line that is not
+    posted (too long, refused) is named and makes the exit status non-zero. Prints
+    nothing, or each message's sequence number as a JSON line with --json.
     """
     from_stdin = not text or text == ["-"]
-    if not 1 <= len(name) <= 64:
-        fail("--name must be 1 to 64 characters", ExitCode.USAGE)
     if lines and not from_stdin:
         fail("--lines posts stdin; give no TEXT", ExitCode.USAGE)
     if from_stdin and sys.stdin.isatty():
         fail("no message: give TEXT, or pipe it on stdin", ExitCode.USAGE)
+    outbox = _Outbox(ctx.json, lines)
     if lines:
-        outbox = run(lambda: _post_stdin_lines(ctx, room, name))
+        run(lambda: _post_stdin_lines(ctx, room, name, outbox))
     else:
         message = sys.stdin.read().rstrip("\r\n") if from_stdin else " ".join(text or [])
         if not message.strip():
@@ -265,6 +435,10 @@ def post(
                  "(--lines posts line by line)", ExitCode.REFUSED)
         if len(message.encode()) > MAX_FRAME_BYTES - 256:
             fail("the message is too large for one frame", ExitCode.REFUSED)
-        outbox = run(lambda: _post_one(ctx, room, name, message))
+        run(lambda: _post_one(ctx, room, name, message, outbox))
+    if lines and outbox.not_posted:
+        print(f"roomctl: {_summary(outbox.not_posted)}", file=sys.stderr)
     if outbox.first_error is not None:
         raise typer.Exit(int(outbox.first_error.exit_code))
+    if outbox.not_posted:
+        raise typer.Exit(int(ExitCode.REFUSED))

@@ -14,17 +14,21 @@ import typer
 
 from protocol.admin import CreateRoom, DeleteRoom, GetRoom, Kick, ListRooms, RoomDetails, RoomList
 from protocol.chat import ChatParticipantMeta, ChatRoomMeta, Pin, SetTopic, Unpin
+from protocol.limits import MaxParticipants, TopicText
 from protocol.messages import Participant, RoomInfo
 from roomctl import output
 from roomctl.client import CliError, ExitCode, open_admin, open_room
-from roomctl.options import Context, client_command, fail, run
+from roomctl.help import PlainTyper
+from roomctl.options import Context, check, check_room, client_command, fail, run
 
-room_app = typer.Typer(
+room_app = PlainTyper(
     name="room", help="Create, list, show and delete rooms; set the topic and pins.",
     no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-RoomArg = Annotated[str, typer.Argument(metavar="NAME", help="The room's name.")]
+RoomArg = Annotated[str, typer.Argument(metavar="NAME", help="The room's name.",
+                                        callback=check_room)]
+check_topic = check(TopicText, "topic")
 
 
 def chat_meta(info: RoomInfo) -> ChatRoomMeta | None:
@@ -106,16 +110,26 @@ def _print_room(details: RoomDetails) -> None:
 def create(
     ctx: Context,
     name: RoomArg,
-    topic: Annotated[str | None, typer.Option(help="The room's topic.")] = None,
-    max_participants: Annotated[
-        int | None, typer.Option(min=1, help="Refuse participants beyond this many.")] = None,
+    topic: Annotated[str | None, typer.Option(
+        metavar="TEXT", callback=check_topic, help="The room's topic.")] = None,
+    max_participants: Annotated[int | None, typer.Option(
+        metavar="N", callback=check(MaxParticipants, "number of participants"),
+        help="Refuse participants beyond this many (the daemon may lower it to its own "
+             "cap).")] = None,
     public: Annotated[bool, typer.Option("--public", help="List the room in the lobby.")] = False,
     private: Annotated[bool, typer.Option(
         "--private", help="Joining needs a join token (roomctl token create).")] = False,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="An existing room is not an error.")] = False,
 ) -> None:
-    """Create a room. Prints nothing (the room as JSON with --json)."""
+    """Create a room. Prints nothing (the room as JSON with --json).
+
+    If the room the daemon made (or found, with --if-missing) takes another number of
+    participants than --max-participants asked, one line on stderr says so.
+    """
+    if public and private:
+        fail("--public and --private exclude each other: a private room is never listed",
+             ExitCode.USAGE)
     meta: dict[str, Any] = {}
     if topic is not None:
         meta["topic"] = topic
@@ -131,8 +145,24 @@ def create(
                            if_missing=if_missing, private=private), RoomDetails)
 
     details = run(main)
+    note = participants_note(max_participants, details.room)
+    if note is not None:
+        print(f"roomctl: {note}", file=sys.stderr)
     if ctx.json:
         output.emit_json(room_json(details.room))
+
+
+def participants_note(asked: int | None, info: RoomInfo) -> str | None:
+    """Return what to tell when a room takes another number of participants than ``asked``
+    (the daemon lowered it to its cap, or the room existed): None when it is as asked."""
+    if asked is None:
+        return None
+    meta = chat_meta(info)
+    effective = meta.max_participants if meta is not None else None
+    if effective == asked:
+        return None
+    takes = f"at most {effective}" if effective is not None else "any number of"
+    return f"room {info.name!r} takes {takes} participants, not {asked}"
 
 
 @room_app.command("list")
@@ -209,7 +239,8 @@ async def _as_observer(ctx: Context, room: str, request: Any) -> None:
 @client_command
 def topic(
     ctx: Context, name: RoomArg,
-    text: Annotated[str, typer.Argument(help="The new topic; \"\" clears it.")],
+    text: Annotated[str, typer.Argument(
+        metavar="TEXT", callback=check_topic, help="The new topic; \"\" clears it.")],
 ) -> None:
     """Set a chat room's topic."""
     run(lambda: _as_observer(ctx, name, SetTopic(topic=text)))
@@ -241,8 +272,9 @@ def unpin(ctx: Context, name: RoomArg, seq: SeqArg) -> None:
 @client_command
 def kick(
     ctx: Context,
-    room: Annotated[str, typer.Argument(help="The room.")],
-    participant: Annotated[str, typer.Argument(help="A participant's id, or its unique name.")],
+    room: Annotated[str, typer.Argument(metavar="ROOM", help="The room.", callback=check_room)],
+    participant: Annotated[str, typer.Argument(
+        metavar="PARTICIPANT", help="A participant's id, or its unique name.")],
 ) -> None:
     """Remove a participant from a room at once (admin); its connection is closed."""
 

@@ -11,7 +11,6 @@ a message only once it is on disk, so a restart loses none that a poster saw ack
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from typing import Annotated, Any
@@ -35,7 +34,7 @@ from protocol.messages import (
 )
 from roomctl import output
 from roomctl.client import CliError, ExitCode, Session, open_room
-from roomctl.options import Context, client_command, run
+from roomctl.options import Context, check_name, check_room, client_command, run_until_signalled
 from roomctl.rooms import participant_meta
 
 PAGE = 1000  # protocol.limits.PageLimit
@@ -62,11 +61,10 @@ class _Printer:
                 "text": message.text,
             })
         else:
-            for number, line in enumerate(message.text.splitlines() or [""]):
-                prefix = f"{output.clock(message.at)} {message.sender_name}:" if number == 0 \
-                    else " " * (len(output.clock(message.at)) + len(message.sender_name) + 2)
-                print(f"{prefix} {line}")
-            sys.stdout.flush()
+            first = f"{output.clock(message.at)} {message.sender_name}:"
+            output.emit_lines(
+                f"{first if number == 0 else ' ' * len(first)} {line}"
+                for number, line in enumerate(message.text.splitlines() or [""]))
 
     def remember(self, participant: Participant) -> None:
         meta = participant_meta(participant)
@@ -101,7 +99,7 @@ class _Printer:
         elif isinstance(event, PinsChanged):
             line = "pinned: " + (" ".join(map(str, event.pins)) or "nothing")
         if line is not None and not self.as_json:
-            print(f"{output.clock(time.time())} -- {line}", flush=True)
+            output.emit_lines([f"{output.clock(time.time())} -- {line}"])
 
 
 async def _history(session: Session, printer: _Printer, *, after: int | None,
@@ -186,21 +184,31 @@ async def _tail(ctx: Context, room: str, *, lines: int, since: int | None, follo
             backoff = min(backoff * 2, MAX_BACKOFF)
 
 
+async def _tail_until_closed(ctx: Context, room: str, *, lines: int, since: int | None,
+                             follow: bool, name: str) -> None:
+    """Run ``_tail`` until it ends or stdout's reader goes away (OutputClosed)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.watch_closed)
+        await _tail(ctx, room, lines=lines, since=since, follow=follow, name=name)
+        nursery.cancel_scope.cancel()
+
+
 @client_command
 def tail(
     ctx: Context,
-    room: Annotated[str, typer.Argument(metavar="ROOM", help="The room.")],
+    room: Annotated[str, typer.Argument(metavar="ROOM", help="The room.", callback=check_room)],
     lines: Annotated[int, typer.Option(
         "--lines", "-n", min=0, metavar="N", help="Print the last N messages first.")] = 10,
     since: Annotated[int | None, typer.Option(
         "--since", min=0, metavar="SEQ",
         help="Print every message after sequence number SEQ instead of the last N.")] = None,
     follow: Annotated[bool, typer.Option(
-        "--follow/--no-follow", "-f/-F",
+        "--follow/--no-follow", "-f",
         help="Keep printing new messages (and, for people, joins, leaves, status and "
              "topic changes); reconnect when the connection drops.")] = True,
     name: Annotated[str, typer.Option(
-        "--name", envvar="ROOMCTL_NAME", help="The name this observer uses.")] = "roomctl",
+        "--name", envvar="ROOMCTL_NAME", metavar="NAME", callback=check_name,
+        help="The name this observer uses.")] = "roomctl",
 ) -> None:
     """Print a room's recent messages, then follow it until Ctrl-C.
 
@@ -208,9 +216,7 @@ def tail(
     seconds), sender, sender_id, text. A dropped connection is retried with backoff and
     resumes after the last printed message: nothing is lost or printed twice.
     """
-    # SIGTERM ends tail like Ctrl-C does: quietly, with status 0.
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    try:
-        run(lambda: _tail(ctx, room, lines=lines, since=since, follow=follow, name=name))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    # SIGTERM and Ctrl-C end tail quietly, with status 0: stopping it is how it ends.
+    run_until_signalled(
+        lambda: _tail_until_closed(ctx, room, lines=lines, since=since, follow=follow,
+                                   name=name))

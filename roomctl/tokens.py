@@ -2,36 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_type_hints
 
 import typer
 
 from protocol.admin import DEFAULT_GRANTS, CreateToken, Grant, TokenIssued
-from roomctl import output
+from protocol.limits import TokenTtl
+from roomctl import output, rules
 from roomctl.client import ExitCode, open_admin
-from roomctl.options import Context, client_command, fail, parse_duration, run
+from roomctl.help import PlainTyper
+from roomctl.options import (
+    Context,
+    check,
+    check_name,
+    check_room,
+    client_command,
+    fail,
+    parse_duration,
+    run,
+)
 
-token_app = typer.Typer(
+token_app = PlainTyper(
     name="token", help="Make join tokens for private rooms.", no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 GRANTS: tuple[str, ...] = tuple(Grant)
+IDENTITY = get_type_hints(CreateToken, include_extras=True)["identity"]
+MAX_TTL_DAYS = float(rules.meta_of(TokenTtl).le or 0) / 86400
 
 
 @token_app.command("create")
 @client_command
 def create(
     ctx: Context,
-    room: Annotated[str, typer.Option("--room", "-r", help="The room the token is for.")],
+    room: Annotated[str, typer.Option(
+        "--room", "-r", metavar="ROOM", callback=check_room,
+        help="The room the token is for.")],
     identity: Annotated[str, typer.Option(
-        "--identity", "-i", help="Who holds it (the JWT subject; shown to others).")],
+        "--identity", "-i", metavar="ID", callback=check(IDENTITY, "identity"),
+        help="Who holds it (the JWT subject; shown to others).")],
     name: Annotated[str | None, typer.Option(
-        "--name", help="The display name the holder gets.")] = None,
+        "--name", metavar="NAME", callback=check_name,
+        help="The display name the holder gets.")] = None,
     grant: Annotated[list[str] | None, typer.Option(
-        "--grant", "-g", metavar="GRANT",
-        help="join, post, media, hidden or admin; repeat for several "
-             f"[default: {', '.join(DEFAULT_GRANTS)}].")] = None,
+        "--grant", "-g", metavar="GRANT", show_default=", ".join(DEFAULT_GRANTS),
+        help="join, post, media, hidden or admin; repeat it for more.")] = None,
     ttl: Annotated[str, typer.Option(
         "--ttl", metavar="DURATION", help="How long it is valid (30m, 1h, 7d).")] = "1h",
 ) -> None:
@@ -48,8 +64,9 @@ def create(
         seconds = parse_duration(ttl)
     except ValueError as exc:
         fail(f"--ttl: {exc}", ExitCode.USAGE)
-    if name is not None and not 1 <= len(name) <= 64:
-        fail("--name must be 1 to 64 characters", ExitCode.USAGE)
+    if not rules.allows(TokenTtl, seconds):
+        fail(f"--ttl: {ttl} is longer than a join token may live: at most "
+             f"{MAX_TTL_DAYS:g} days", ExitCode.USAGE)
 
     async def main() -> TokenIssued:
         async with open_admin(ctx.target) as session:

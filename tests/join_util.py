@@ -28,6 +28,9 @@ POLL = 0.05
 # What every test peer sends: small video, so that four peers fit on two cores.
 TEST_MEDIA = ("--video", "testsrc", "--video-size", "320x240", "--audio", "sine")
 LOOPBACK_ONLY = ("--ice-address", "127.0.0.1")
+# What `roomctl join ... &` in a script does: a non-interactive shell starts background jobs
+# with SIGINT ignored, and `kill` (SIGTERM) stops them.
+AS_BACKGROUND_JOB = ("sh", "-c", 'trap "" INT; exec "$@"', "sh")
 
 
 def cli_env(sp: ServeProcess | None) -> dict[str, str]:
@@ -62,12 +65,14 @@ class Joiner:
     """A running ``roomctl join ROOM --json`` and the JSON objects it has printed so far."""
 
     def __init__(self, sp: ServeProcess, room: str, name: str, *args: str,
-                 stderr_path: Path) -> None:
+                 stderr_path: Path, background: bool = False) -> None:
         self.name = name
         self.stderr_path = stderr_path
         self._stderr = stderr_path.open("w")
+        command = [sys.executable, "-m", "roomctl", "join", room, "--name", name, "--json",
+                   *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roomctl", "join", room, "--name", name, "--json", *args],
+            [*AS_BACKGROUND_JOB, *command] if background else command,
             stdout=subprocess.PIPE, stderr=self._stderr, text=True, cwd=ROOT,
             env=cli_env(sp))
         self._events: list[dict[str, Any]] = []

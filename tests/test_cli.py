@@ -243,11 +243,18 @@ async def test_post_refuses_bad_input_with_one_line(daemon_process: ServeProcess
     assert both.rc == 2
     too_long = await roomctl(sp, "post", "ops", "x" * 4001)
     assert too_long.rc == 1 and "4000" in one_error_line(too_long)
-    long_line = await roomctl(sp, "post", "ops", "--lines", stdin=b"ok\n" + b"y" * 5000 + b"\n")
-    assert long_line.rc == 0 and "line 2" in one_error_line(long_line)
+    # A line over the limit is not posted: the others are, and the exit status says so
+    # ("exit 0 = every line is on disk"), with a count at the end.
+    long_line = await roomctl(sp, "post", "ops", "--lines",
+                              stdin=b"ok\n" + b"y" * 5000 + b"\nafter\n" + b"z" * 4001 + b"\n")
+    assert long_line.rc == 1, long_line
+    assert long_line.err.splitlines() == [
+        "roomctl: line 2: 5000 characters is over the 4000-character limit; not posted",
+        "roomctl: line 4: 4001 characters is over the 4000-character limit; not posted",
+        "roomctl: 2 lines not posted: lines 2, 4 (over the 4000-character limit)"]
     texts = [m["text"] for m in
-             (await roomctl(sp, "tail", "ops", "-F", "--json")).json_lines()]
-    assert texts == ["ok"]
+             (await roomctl(sp, "tail", "ops", "--no-follow", "--json")).json_lines()]
+    assert texts == ["ok", "after"]
 
 
 async def test_tail_follows_people_and_topic_and_ctrl_c_exits_quietly(
@@ -353,6 +360,16 @@ class _LineReader:
         self.seen += got
         return got
 
+    async def line(self, timeout: float = 20) -> str:
+        """Return the next line of text."""
+        with trio.fail_after(timeout):
+            while b"\n" not in self.buffer:
+                chunk = await self.stream.receive_some()
+                assert chunk, "the stream ended"
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
     async def nothing_more(self, within: float) -> None:
         with trio.move_on_after(within):
             chunk = await self.stream.receive_some()
@@ -393,6 +410,12 @@ async def test_wait_succeeds_when_enough_join_and_times_out_with_code_6(
     await roomctl(sp, "room", "create", "ops")
     timed_out = await roomctl(sp, "wait", "ops", "--participants", "1", "--timeout", "1s")
     assert timed_out.rc == 6 and "0 of 1" in one_error_line(timed_out)
+    async with participant(sp, "ops", "alice"):
+        # A script reading --json gets a document on timeout too, with the count reached.
+        as_json = await roomctl(sp, "wait", "ops", "-p", "2", "--timeout", "1s", "--json")
+    assert as_json.rc == 6 and "1 of 2" in one_error_line(as_json)
+    assert as_json.json() == {"room": "ops", "participants": 1, "wanted": 2,
+                              "timed_out": True, "interrupted": False}
 
     result: list[Result] = []
 
@@ -408,7 +431,8 @@ async def test_wait_succeeds_when_enough_join_and_times_out_with_code_6(
                     while not result:
                         await trio.sleep(0.05)
     assert result[0].rc == 0, result[0].err
-    assert result[0].json() == {"room": "ops", "participants": 2}
+    assert result[0].json() == {"room": "ops", "participants": 2, "wanted": 2,
+                                "timed_out": False, "interrupted": False}
 
 
 async def test_kick_removes_a_participant_by_id_or_name(daemon_process: ServeProcess) -> None:
@@ -442,6 +466,76 @@ async def test_exit_2_for_usage_errors(daemon_process: ServeProcess) -> None:
     assert bad_env.rc == 2 and "ROOMCTL_URL" in one_error_line(bad_env)
 
 
+async def test_values_the_protocol_forbids_are_usage_errors_in_words(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    long_topic, long_name = "t" * 513, "n" * 65
+    cases = {  # the command line -> the rule the one-line error must state
+        ("room", "create", "bad name!"): "1-64 letters, digits",
+        ("post", "bad/name", "hi"): "1-64 letters, digits",
+        ("who", "a b"): "1-64 letters, digits",
+        ("token", "create", "-r", "ops", "-i", "x", "--ttl", "400d"): "at most 366 days",
+        ("token", "create", "-r", "ops", "-i", "i" * 129): "1 to 128 characters",
+        ("room", "create", "t1", "--topic", long_topic): "at most 512 characters",
+        ("room", "topic", "ops", long_topic): "at most 512 characters",
+        ("room", "create", "t2", "--max-participants", "20000"): "1 to 10000",
+        ("room", "create", "t3", "--max-participants", "0"): "1 to 10000",
+        ("post", "ops", "hi", "--name", long_name): "1 to 64 characters",
+        ("room", "create", "t4", "--public", "--private"): "exclude each other",
+    }
+    results = await roomctl_many(sp, *(list(args) for args in cases))
+    for (args, rule), result in zip(cases.items(), results, strict=True):
+        line = one_error_line(result)
+        assert result.rc == 2 and rule in line, (args, line)
+        assert "Expected" not in line and "regex" not in line, line
+    listed = (await roomctl(sp, "room", "list", "--json")).json()
+    assert [room["name"] for room in listed] == ["ops"]  # nothing reached the daemon
+
+
+async def test_what_the_daemon_still_refuses_is_told_in_words(
+        daemon_process: ServeProcess) -> None:
+    from protocol.admin import CreateRoom
+    from roomctl.rules import explain_refusal
+
+    sp = daemon_process
+    token = (sp.data_dir / "admin-token").read_text().strip()
+    # A daemon answers a value out of bounds with its decoder's wording (a client of
+    # another version could send one); the CLI puts it in words.
+    async with trio_websocket.open_websocket_url(
+            f"{sp.url}/v1/admin", subprotocols=["roomctl.v1"], connect_timeout=WAIT) as ws:
+        admin = Client(ws, binary=False)
+        assert (await admin.hello(name=None, token=token))["type"] == "welcome"
+        answers = [await admin.request({"type": "create-room", "room": "ok", **fields})
+                   for fields in ({"room": "bad name!"},
+                                  {"meta": {"max_participants": 20000}},
+                                  {"meta": {"topic": "t" * 513}})]
+    told = [explain_refusal(answer["message"], CreateRoom(room="ok")) for answer in answers]
+    assert told == [
+        "room: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        "max participants: 1 to 10000", "topic: at most 512 characters"], answers
+
+
+async def test_room_create_says_when_the_room_takes_other_than_max_participants(
+        serve_process: Callable[..., ServeProcess]) -> None:
+    sp = serve_process("--log-level", "warning", "--max-participants", "100")
+    made = await roomctl(sp, "room", "create", "ops", "--max-participants", "7")
+    assert (made.rc, made.err) == (0, "")
+    again = await roomctl(sp, "room", "create", "ops", "--max-participants", "9",
+                          "--if-missing", "--json")
+    assert again.rc == 0 and again.json()["meta"]["max_participants"] == 7
+    assert one_error_line(again) == "roomctl: room 'ops' takes at most 7 participants, not 9"
+    # Above the daemon's own cap, the daemon refuses or lowers it: either way in words.
+    big = await roomctl(sp, "room", "create", "big", "--max-participants", "500", "--json")
+    if big.rc == 0:
+        effective = big.json()["meta"]["max_participants"]
+        if effective != 500:
+            assert one_error_line(big) == \
+                f"roomctl: room 'big' takes at most {effective} participants, not 500"
+    else:
+        assert "Expected" not in one_error_line(big)
+
+
 async def test_exit_3_for_a_room_that_does_not_exist(daemon_process: ServeProcess) -> None:
     sp = daemon_process
     commands = (["post", "ghost", "hi"], ["tail", "ghost"], ["who", "ghost"],
@@ -467,6 +561,41 @@ async def test_exit_4_for_a_wrong_or_missing_admin_token(daemon_process: ServePr
                            env={"ROOMCTL_TOKEN": token})
     assert by_env.rc == 0
     assert (await roomctl(sp, "room", "list")).rc == 0
+
+
+async def test_a_refused_admin_token_from_a_data_dir_says_where_it_came_from(
+        daemon_process: ServeProcess, tmp_path: Path) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "room", "create", "vault", "--private")
+    other = tmp_path / "other"  # another daemon's data directory, say
+    other.mkdir()
+    token_file = other / "admin-token"
+    token_file.write_text("another-daemons-admin-token\n")
+    elsewhere = {"ROOMCTL_DATA_DIR": str(other)}
+
+    listing = await roomctl(sp, "room", "list", env=elsewhere)
+    line = one_error_line(listing)
+    assert listing.rc == 4
+    for part in (str(token_file), sp.http, "not a valid token", "--data-dir", "--token"):
+        assert part in line, line
+    assert "segments" not in line.lower()
+
+    # An open room needs no token: the command goes on without the refused one.
+    posted = await roomctl(sp, "post", "ops", "hello", "--json", env=elsewhere)
+    assert (posted.rc, posted.err) == (0, ""), posted
+    tail = await roomctl(sp, "tail", "ops", "--no-follow", "--json", env=elsewhere)
+    assert (tail.rc, [m["text"] for m in tail.json_lines()]) == (0, ["hello"]), tail
+
+    # A private room does: the error names the file and why going without it failed.
+    private = await roomctl(sp, "post", "vault", "x", env=elsewhere)
+    line = one_error_line(private)
+    assert private.rc == 4 and str(token_file) in line and "needs a join token" in line
+
+    # A token given explicitly is the user's own: the daemon's words, not a JWT library's.
+    given = await roomctl(sp, "who", "ops", "--token", "nonsense")
+    assert given.rc == 4
+    assert one_error_line(given) == "roomctl: unauthorized: not a valid token"
 
 
 async def test_exit_5_when_no_daemon_listens() -> None:
@@ -521,9 +650,208 @@ async def test_post_lines_without_the_admin_token_waits_out_the_rate_limit_in_or
                            stdin="\n".join(lines).encode())
     assert (posted.rc, posted.err) == (0, "")
     assert len(posted.json_lines()) == 60
-    tail = await roomctl(sp, "tail", "ops", "-F", "--json", "-n", "100")
+    tail = await roomctl(sp, "tail", "ops", "--no-follow", "--json", "-n", "100")
     assert [m["text"] for m in tail.json_lines()] == lines
     metrics = await trio.to_thread.run_sync(
         lambda: urllib.request.urlopen(sp.http + "/metrics", timeout=WAIT).read().decode())
     refused = re.search(r"^roomctl_rate_limited(?:_total)? (\d+)", metrics, re.M)
     assert refused is not None and int(refused.group(1)) > 0  # the limit did bite
+
+
+# --- roomctl in scripts: background jobs, signals and pipes -----------------------------------
+
+# What `roomctl ... &` in a script does: a non-interactive shell starts background jobs with
+# SIGINT ignored (Ctrl-C is for the foreground), and the job inherits that; `kill` (SIGTERM)
+# is how the script stops it.
+AS_BACKGROUND_JOB = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+@asynccontextmanager
+async def started(sp: ServeProcess | None, *args: str, background: bool = True,
+                  stdin: bool = False) -> AsyncIterator[trio.Process]:
+    """A running ``roomctl ARGS`` (a script's background job by default); killed at the end."""
+    command = [sys.executable, "-m", "roomctl", *args]
+    proc = await trio.lowlevel.open_process(
+        [*AS_BACKGROUND_JOB, *command] if background else command,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=_env(sp), cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _read_to_end(stream: Any) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
+async def finished(proc: trio.Process, signum: int | None = None) -> Result:
+    """Send ``signum`` (if any), then return the status and the rest of the output (bounded)."""
+    if signum is not None:
+        proc.send_signal(signum)
+    with trio.fail_after(CLI_TIMEOUT):
+        out = await _read_to_end(proc.stdout)
+        err = await _read_to_end(proc.stderr)
+        rc = await proc.wait()
+    return Result(rc, out.decode(), err.decode())
+
+
+async def still_running_after(proc: trio.Process, signum: int, seconds: float = 1.0) -> bool:
+    proc.send_signal(signum)
+    await trio.sleep(seconds)
+    return proc.poll() is None
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has an established TCP connection to 127.0.0.1:``port``."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                remote, state, inode = fields[2], fields[3], fields[9]
+                if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+async def until_connected(proc: trio.Process, sp: ServeProcess) -> None:
+    with trio.fail_after(CLI_TIMEOUT):
+        while not connected_to(proc.pid, sp.port):
+            assert proc.poll() is None, "it ended"
+            await trio.sleep(0.05)
+
+
+async def test_tail_as_a_background_job_stops_on_sigterm_quietly(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "post", "ops", "marker")
+    async with started(sp, "tail", "ops", "--json") as proc:
+        assert (await _LineReader(proc.stdout).take(1))[0]["text"] == "marker"
+        assert await still_running_after(proc, signal.SIGINT)  # ignored, as the shell asked
+        stopped = await finished(proc, signal.SIGTERM)
+    assert (stopped.rc, stopped.err) == (0, "")
+
+
+async def test_wait_as_a_background_job_stops_on_sigterm_unfulfilled(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    async with started(sp, "wait", "ops", "-p", "5", "--timeout", "5m", "--json") as proc:
+        await until_connected(proc, sp)
+        assert await still_running_after(proc, signal.SIGINT)
+        stopped = await finished(proc, signal.SIGTERM)
+    # The wait did not succeed (status 130), and says so in one line and in its document.
+    assert stopped.rc == 130
+    assert one_error_line(stopped) == \
+        "roomctl: SIGTERM: stopped waiting with 0 of 5 participants"
+    assert stopped.json() == {"room": "ops", "participants": 0, "wanted": 5,
+                              "timed_out": False, "interrupted": True}
+
+
+async def test_post_lines_as_a_background_job_stops_on_sigterm_with_its_lines_stored(
+        daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    async with participant(sp, "ops", "watcher") as watcher, \
+            started(sp, "post", "ops", "--lines", "--json", stdin=True) as proc:
+        assert proc.stdin is not None
+        await proc.stdin.send_all(b"first\n")  # stdin stays open: a never-ending stream
+        posted = await watcher.recv_type("message-posted", timeout=15)
+        assert posted["message"]["text"] == "first"
+        assert await still_running_after(proc, signal.SIGINT)
+        stopped = await finished(proc, signal.SIGTERM)
+    assert (stopped.rc, stopped.err) == (0, "")  # every line it read is stored
+    assert [line["seq"] for line in stopped.json_lines()] == [1]
+
+
+async def test_serve_as_a_background_job_shuts_down_on_sigterm(tmp_path: Path) -> None:
+    args = ("serve", "--port", "0", "--memory", "--data-dir", str(tmp_path / "data"))
+    async with started(None, *args) as proc:
+        first = await _LineReader(proc.stdout).line()
+        assert first.startswith("listening on http://127.0.0.1:"), first
+        assert await still_running_after(proc, signal.SIGINT)
+        stopped = await finished(proc, signal.SIGTERM)
+    assert stopped.rc == 0, stopped.err
+
+
+async def test_post_lines_stopped_during_an_outage_names_the_lines_not_posted() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: the daemon is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with started(None, "post", "ops", "--lines", "--url", f"http://127.0.0.1:{port}",
+                       stdin=True) as proc:
+        assert proc.stdin is not None
+        await proc.stdin.send_all(b"one\n\ntwo\nthree\n")
+        with trio.fail_after(CLI_TIMEOUT):
+            err = b""
+            while b"retrying" not in err:
+                err += await proc.stderr.receive_some()  # type: ignore[union-attr]
+        stopped = await finished(proc, signal.SIGTERM)
+    # It gives up at once (no 60 s of retrying) and names what it read but did not post.
+    assert stopped.rc == 5
+    last = one_error_line(stopped)
+    assert last.startswith(f"roomctl: cannot reach http://127.0.0.1:{port}")
+    assert last.endswith("3 messages not posted (lines 1, 3-4); stdin was not read to its end")
+
+
+async def test_a_closed_stdout_ends_a_follower_quietly(daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "post", "ops", "first")
+    # roomctl tail ops --json | head -1: the room stays quiet after the first message, and
+    # tail still ends as soon as head does, without a word, as coreutils' tail -f does.
+    async with started(sp, "tail", "ops", "--json", background=False) as proc:
+        assert (await _LineReader(proc.stdout).take(1))[0]["text"] == "first"
+        await proc.stdout.aclose()  # type: ignore[union-attr]
+        with trio.fail_after(CLI_TIMEOUT):
+            rc = await proc.wait()
+        err = await _read_to_end(proc.stderr)
+    assert (rc, err) == (141, b"")
+
+
+async def test_a_closed_stdout_is_not_a_network_failure(daemon_process: ServeProcess) -> None:
+    sp = daemon_process
+    await roomctl(sp, "room", "create", "ops")
+    await roomctl(sp, "post", "ops", "--lines", stdin=b"".join(b"m%d\n" % n for n in range(300)))
+    for args, stdin in ((["tail", "ops", "--no-follow", "--json", "-n", "300"], b""),
+                        (["post", "ops", "--lines", "--json"], b"x\n" * 300)):
+        async with started(sp, *args, background=False, stdin=True) as proc:
+            await proc.stdout.aclose()  # type: ignore[union-attr]  # head -0, as it were
+            await proc.stdin.send_all(stdin)  # type: ignore[union-attr]
+            await proc.stdin.aclose()  # type: ignore[union-attr]
+            with trio.fail_after(CLI_TIMEOUT):
+                rc = await proc.wait()
+            err = await _read_to_end(proc.stderr)
+        assert (rc, err) == (141, b""), args
+
+
+async def test_a_second_signal_ends_a_command_at_once_with_130() -> None:
+    with socket.socket() as silent:  # accepts TCP connections and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        # A message once read is posted even if a signal comes (within --timeout); a
+        # second signal says the user will not wait for that.
+        async with started(None, "post", "ops", "hello", "--url", url, "--timeout", "60s",
+                           background=False) as proc:
+            with trio.fail_after(CLI_TIMEOUT):
+                while not connected_to(proc.pid, silent.getsockname()[1]):
+                    await trio.sleep(0.05)
+            assert await still_running_after(proc, signal.SIGTERM, 0.5)
+            stopped = await finished(proc, signal.SIGTERM)
+    assert stopped.rc == 130
+    assert one_error_line(stopped) == "roomctl: SIGTERM again: stopped at once"

@@ -190,6 +190,32 @@ def test_four_peers_mesh_record_and_one_leaves(join: Callable[..., Joiner],
                 assert entry["frames"] >= 50
 
 
+def test_a_background_join_stops_on_sigterm_and_left_is_its_last_event(
+        daemon: ServeProcess, room: str, tmp_path: Path) -> None:
+    common = (*TEST_MEDIA, *LOOPBACK_ONLY)
+    first = Joiner(daemon, room, "first", *common, stderr_path=tmp_path / "first.stderr",
+                   background=True)
+    second = Joiner(daemon, room, "second", *common, stderr_path=tmp_path / "second.stderr")
+    try:
+        # Media flows both ways, so that both sources are in use when they leave.
+        first.wait_event("first-frame", peer=second.session, kind="audio")
+        second.wait_event("first-frame", peer=first.session, kind="audio")
+        first.proc.send_signal(signal.SIGINT)  # ignored, as the shell asked
+        time.sleep(1.0)
+        first.check_running()
+        assert first.stop(signal.SIGTERM) == 0
+        assert second.stop(signal.SIGINT) == 0
+        for joiner, reason in ((first, "SIGTERM"), (second, "SIGINT")):
+            events = [e["event"] for e in joiner.events if e["event"] != "stats"]
+            assert events[-1] == "left" and joiner.of("left")[0]["reason"] == reason, events
+            assert "source-ended" not in events  # stopping them is not their ending
+            lines = joiner.stderr().strip().splitlines()
+            assert "left room" in lines[-1], lines
+    finally:
+        first.kill()
+        second.kill()
+
+
 @contextmanager
 def silent_participant(sp: ServeProcess, room: str, name: str) -> Iterator[None]:
     """A participant that enters the call and then never signals (a crashed browser tab).
@@ -370,6 +396,14 @@ def test_a_video_source_that_cannot_open_exits_1(daemon: ServeProcess, room: str
                                                  source: str) -> None:
     code, line = _fails(daemon, room, "--video", source)
     assert code == 1 and line.startswith(f"roomctl: cannot open source {source}: ")
+
+
+def test_an_alsa_device_that_cannot_open_is_one_line_without_alsa_noise(
+        daemon: ServeProcess, room: str) -> None:
+    # libasound prints its own errors on stderr ("ALSA lib conf.c:...") before FFmpeg
+    # fails; only roomctl's line may remain.
+    code, line = _fails(daemon, room, "--audio", "alsa:hw:99")
+    assert code == 1 and line.startswith("roomctl: cannot open source alsa:hw:99"), line
 
 
 def test_a_missing_file_exits_1(daemon: ServeProcess, room: str, tmp_path: Path) -> None:

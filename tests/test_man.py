@@ -453,11 +453,13 @@ def test_every_option_of_a_client_command_is_documented(path: tuple[str, ...]) -
     from roomctl.options import _GLOBAL_NAMES
 
     command = CLIENT_COMMANDS[path]
-    # Option rows of the help panels: "│ --name  -n  TYPE  help", "*" marking required ones.
-    rows = [line.replace("*", " ", 1) for line in _help(*path).splitlines()
-            if re.match(r"^\W\s+(\*\s+)?-", line)]
-    shown = {token for row in rows
-             for token in itertools.takewhile(lambda t: t.startswith("-"), row.split()[1:])}
+    # Option rows of the help: "  -f, --follow / --no-follow  help", "  --name NAME  help".
+    sections = _help(*path).split("\nOptions:\n", 1)[1]  # not the description above
+    rows = [line for line in sections.splitlines() if line.startswith("  -")]
+    shown = {token.rstrip(",") for row in rows
+             for token in itertools.takewhile(lambda t: t.startswith("-") or t == "/",
+                                              row.split())
+             if token != "/"}
     defined = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
     assert {o for o in defined if o.startswith("-")} <= shown  # the parser sees them all
     connection = {o for p in command.params if p.name in _GLOBAL_NAMES
@@ -474,6 +476,61 @@ def test_every_environment_variable_of_the_cli_is_documented() -> None:
     assert variables  # the CLI reads some
     documented = {item.tag for item in _cli_items("ENVIRONMENT")}
     assert variables <= documented
+
+
+# --- the help itself reads well ---------------------------------------------------------------
+
+GROUPS = [(), ("room",), ("token",)]
+
+
+def _help_in_a_pipe(*path: str, columns: int = 80) -> str:
+    """``roomctl PATH --help`` as a script or ``| less`` gets it: stdout a pipe, 80 columns."""
+    out = subprocess.run([sys.executable, "-m", "roomctl", *path, "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT,
+                         env={**os.environ, "COLUMNS": str(columns)})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _group(path: tuple[str, ...]) -> Any:
+    group = typer.main.get_command(app)
+    for name in path:
+        group = group.commands[name]  # type: ignore[attr-defined]
+    return group
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS) + GROUPS, ids=lambda p: " ".join(p) or "roomctl")
+def test_help_reads_whole_at_80_columns_in_a_pipe(path: tuple[str, ...]) -> None:
+    text = _help_in_a_pipe(*path)
+    command = COMMANDS.get(path) or _group(path)
+    for param in command.params:
+        for option in (*param.opts, *param.secondary_opts):
+            if option.startswith("-"):  # shown whole: not cut to "--max-participan…"
+                assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), option
+    assert "…" not in text
+    assert not re.search(r"<(bool|str|int|float|path|file)[^>]*>", text)  # no type placeholders
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    usage = text.splitlines()[0]
+    assert usage.startswith(f"Usage: roomctl {' '.join(path)}".rstrip())
+    assert not re.search(r"[{}]|\[\[|\]\.\.\.\]", usage), usage  # ROOM [TEXT]..., as in roomctl(1)
+    assert not re.search(r" [.,;?]|[?;]{2}|\?;", text), text  # no stray punctuation
+
+
+@pytest.mark.parametrize("path", GROUPS, ids=lambda p: " ".join(p) or "roomctl")
+def test_a_group_without_a_command_shows_its_help_as_a_usage_error(
+        path: tuple[str, ...]) -> None:
+    out = subprocess.run([sys.executable, "-m", "roomctl", *path], capture_output=True,
+                         text=True, cwd=ROOT, timeout=TIMEOUT, env={**os.environ, "COLUMNS": "80"})
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"Usage: roomctl {' '.join(path)}".rstrip()), out.stderr
+    assert "\nCommands:\n" in out.stderr
+
+
+def test_help_keeps_the_grouping_of_options() -> None:
+    text = _help_in_a_pipe("join")
+    headings = [line for line in text.splitlines() if line.endswith(":") and line[0] != " "]
+    assert headings == ["Arguments:", "Options:", "Media options:", "Network (ICE) options:",
+                        "Connection options:"]
 
 
 # --- behaviour the pages promise -------------------------------------------------------------

@@ -285,7 +285,7 @@ async def test_roomctl_token_create_and_use(daemon_process: ServeProcess) -> Non
     no_admin = {"ROOMCTL_DATA_DIR": "/nonexistent", "ROOMCTL_TOKEN": token}
     posted = await roomctl(sp, "post", ROOM, "from the bot", "--json", env=no_admin)
     assert posted.rc == 0, posted.err
-    tail = await roomctl(sp, "tail", ROOM, "-F", "--json", env=no_admin)
+    tail = await roomctl(sp, "tail", ROOM, "--no-follow", "--json", env=no_admin)
     assert [m["text"] for m in tail.json_lines()] == ["from the bot"]
     plain = await roomctl(sp, "token", "create", "-r", ROOM, "-i", "x")
     assert plain.rc == 0 and plain.out.count(".") == 2 and plain.out.endswith("\n")

@@ -12,7 +12,6 @@ connection and recording, ``leave`` (no grace period), stop the sources and the 
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -44,6 +43,7 @@ from roomctl.media.peers import Mesh, MeshItem, Outgoing, Report
 from roomctl.media.settings import CallSettings
 from roomctl.media.sources import SourceError, Sources
 from roomctl.media.stats import Sample
+from roomctl.options import until_signalled
 from roomctl.rooms import participant_meta
 
 INBOX_SIZE = 1024  # mesh -> trio items not yet printed or sent (see TrioInbox)
@@ -114,27 +114,22 @@ class Call:
         self.names: dict[str, str] = {}
         self.refs: dict[str, str] = {}  # ref of a relay -> the peer it was for
         self.ended: set[str] = set()
+        self.left = False  # "left" was reported: it is the last event of a run
 
     async def run(self) -> None:
-        """Run until a signal or ``--duration``; raises CliError for what ends it otherwise."""
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_signals, signals)
-                try:
-                    with self.stop:
-                        await self._run_media()
-                finally:
-                    nursery.cancel_scope.cancel()
+        """Run until a signal or ``--duration``; raises CliError for what ends it otherwise.
 
-    async def _watch_signals(self, signals: Any) -> None:
-        async for signum in signals:
-            if self.stop.cancel_called:
-                # A second Ctrl-C while leaving: the user wants out now.
-                print("roomctl: interrupted while leaving", file=sys.stderr, flush=True)
-                sys.stdout.flush()
-                os._exit(int(ExitCode.INTERRUPTED))
-            self.reason = signal.Signals(signum).name
-            self.stop.cancel()
+        A second signal while leaving ends the process at once (``until_signalled``).
+        """
+        await until_signalled(self._run_until_stopped, self._signalled)
+
+    async def _run_until_stopped(self) -> None:
+        with self.stop:
+            await self._run_media()
+
+    def _signalled(self, signum: signal.Signals) -> None:
+        self.reason = signum.name
+        self.stop.cancel()
 
     async def _run_media(self) -> None:
         apply_host_candidate_policy(self.settings)
@@ -258,13 +253,17 @@ class Call:
                 self.out.stats(item)
 
     def _drain(self, inbox: TrioInbox[MeshItem]) -> None:
-        """Print the events that closing produced (the forwarding task has stopped)."""
+        """Print the events that closing produced (the forwarding task has stopped).
+
+        Once "left" is out, nothing follows it: what closing the sources and the loop
+        reports afterwards is dropped.
+        """
         while True:
             try:
                 item = inbox.receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            if isinstance(item, Report):
+            if isinstance(item, Report) and not self.left:
                 self.out.event(item.event, item.fields, item.at)
 
     async def _leave(self, session: Session, media: AsyncioThread, mesh: Mesh,
@@ -283,3 +282,4 @@ class Call:
         except CliError:
             pass
         self.out.event("left", {"room": self.room, "reason": self.reason})
+        self.left = True

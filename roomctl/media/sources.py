@@ -40,6 +40,7 @@ from av.frame import Frame
 from av.packet import Packet
 from av.video.frame import PictureType, VideoFrame
 
+from roomctl.media.alsa import silence_alsa
 from roomctl.media.settings import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,8 @@ def _open(spec: SourceSpec, timeout: float) -> InputContainer:
     if spec.format is not None and spec.format not in _formats():
         hint = "; try alsa:default (PulseAudio's ALSA plugin)" if spec.kind == "pulse" else ""
         raise SourceError(f"{spec.text}: this FFmpeg cannot read {spec.kind} devices{hint}")
+    if spec.kind == "alsa":
+        silence_alsa()  # our one line says what failed; libasound's own lines would come first
     try:
         container = av.open(spec.target, mode="r", format=spec.format,
                             options=spec.options or None,
@@ -301,6 +304,7 @@ class Sources:
         self._players: list[Player] = []
         self._tracks: dict[str, SourceTrack] = {}
         self.ended: set[str] = set()
+        self._closing = False
 
     async def open(self, video: SourceSpec | None, audio: SourceSpec | None) -> None:
         """Open the sources; raises SourceError (one line)."""
@@ -326,6 +330,8 @@ class Sources:
             raise SourceError(f"{spec.text}: did not open in {self.timeout:g} s") from None
 
     def _source_ended(self, kind: str) -> None:
+        if self._closing:
+            return  # stopped by us while leaving, not ended: nothing to report
         if kind not in self.ended:
             self.ended.add(kind)
             self._on_end(kind)
@@ -339,6 +345,7 @@ class Sources:
 
     async def close(self) -> None:
         """Stop the sources and wait for their threads; one that will not stop is left."""
+        self._closing = True
         players, self._players, self._tracks = self._players, [], {}
         for player in players:
             player.stop()
