@@ -1,4 +1,5 @@
-"""Daemon configuration and the files it keeps in its data directory."""
+"""Daemon configuration (``Config`` and each field's ``Setting``) and the files it keeps in
+its data directory (the admin token, the lock)."""
 
 from __future__ import annotations
 
@@ -7,90 +8,205 @@ import fcntl
 import logging
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from daemon.core.engine import DEFAULT_EMPTY_TIMEOUT
-from protocol.limits import MAX_DISPLAY_NAME, MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
+from daemon.net.origins import normalize_origin
+from protocol import local
+from protocol.limits import (
+    MAX_DISPLAY_NAME,
+    MAX_FRAME_BYTES,
+    MAX_MESSAGE_TEXT,
+    MAX_ROOM_PARTICIPANTS,
+)
+from protocol.local import ADMIN_TOKEN_FILE
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8750
+DEFAULT_HOST = local.DEFAULT_HOST
+DEFAULT_PORT = local.DEFAULT_PORT
 DB_FILE = "roomctl.db"
-ADMIN_TOKEN_FILE = "admin-token"
 LOCK_FILE = "lock"
 
 log = logging.getLogger(__name__)
 
-
-_PATH_FIELDS = ("data_dir", "tls_cert", "tls_key")
+__all__ = ["ADMIN_TOKEN_FILE", "Config", "ConfigError", "Setting", "settings"]
 
 
 def default_data_dir() -> Path:
     """Return ``$XDG_STATE_HOME/roomctl``, or ``~/.local/state/roomctl`` without it."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "roomctl"
+    return local.default_data_dir()
+
+
+class ConfigError(ValueError):
+    """A setting's value breaks its rule; ``name`` is the ``Config`` field, ``rule`` in words."""
+
+    def __init__(self, name: str, rule: str) -> None:
+        super().__init__(f"{name}: {rule}")
+        self.name = name
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one ``Config`` field is set from outside the program, and its rule.
+
+    ``roomctl serve`` makes its options from these (``--name-with-dashes``, and the
+    variable ``ROOMCTL_NAME_IN_CAPITALS``), so a default, a help text or a limit is
+    written once, here. ``minimum``/``maximum`` are inclusive, ``above`` exclusive.
+    """
+
+    help: str
+    metavar: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    flag: str | None = None  # a boolean's option spelling: "--memory", "--a/--no-a"
+    option: str | None = None  # an option name other than the field's
+    show_default: str | None = None  # what --help says the default is, when not the value
+    secret: bool = False  # never printed back (a future key or password)
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise ConfigError unless ``value`` keeps this setting's numeric rule."""
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        if value != value:  # NaN passes no comparison, so no rule
+            raise ConfigError(name, "must be a number")
+        low_ok = self.minimum is None or value >= self.minimum
+        high_ok = self.maximum is None or value <= self.maximum
+        above_ok = self.above is None or value > self.above
+        if low_ok and high_ok and above_ok:
+            return
+        raise ConfigError(name, self.rule())
+
+    def rule(self) -> str:
+        """Return the numeric rule in words ("must be 1 to 4000", "must be more than 0")."""
+        if self.above is not None:
+            return f"must be more than {self.above:g}"
+        if self.minimum is not None and self.maximum is not None:
+            return f"must be {self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"must be {self.minimum:g} or more"
+        if self.maximum is not None:
+            return f"must be {self.maximum:g} or less"
+        return "is not allowed"
+
+
+def _set(default: Any = MISSING, *, factory: Any = MISSING, **setting: Any) -> Any:
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"setting": Setting(**setting)})
+    return field(default=default, metadata={"setting": Setting(**setting)})
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything ``serve`` needs; the CLI builds it from options and ``ROOMCTL_*`` variables.
+    """Everything ``serve`` needs; ``roomctl serve`` builds it from options and variables.
 
-    Path fields (``data_dir``, ``tls_cert``, ``tls_key``) also take a ``str`` (any
-    ``os.PathLike``); they hold a ``Path`` once built.
+    Each field carries its ``Setting`` (help, value name, rule): the CLI's options are
+    made from them and every value is checked here, so the embedding API, the command
+    line and the environment refuse the same values with the same words
+    (``ConfigError``). Path fields also take a ``str``; they hold a ``Path`` once built.
     """
 
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    data_dir: Path = field(default_factory=default_data_dir)
-    # Keep rooms and messages in memory; the data dir then holds only the admin token.
-    memory: bool = False
-    grace: float = 60.0  # seconds a dropped participant stays before it leaves
-    auto_create: bool = True  # a hello to an unknown room creates it
-    # A room created by a hello (not by create-room) that never held a message, a topic or
-    # a pin is removed once it has had no session for this long; math.inf keeps it.
-    empty_timeout: float = DEFAULT_EMPTY_TIMEOUT
-    handshake_timeout: float = 10.0  # from TCP accept to a valid hello
-    head_timeout: float = 10.0  # to receive an HTTP request head
-    max_head_bytes: int = 16 * 1024
-    max_frame_bytes: int = MAX_FRAME_BYTES
-    outbound_queue: int = 2048  # frames waiting for one peer's socket before it counts as too slow
-    send_timeout: float = 10.0  # pending output may make no progress this long before the cut
-    close_timeout: float = 2.0  # for a connection's closing handshake
-    max_bad_frames: int = 20  # bad frames tolerated per connection before it is closed (1008)
-    shutdown_timeout: float = 5.0  # how long clients get to see the 1001 close on shutdown
-    # Access (daemon.core.access): every room needs a join token; how many rooms and participants.
-    require_tokens: bool = False
-    max_rooms: int | None = 10_000
-    max_participants: int | None = 100  # per room; a chat room may set a lower limit
-    # TLS: serve https and wss on the port when both are set (daemon.net.tls).
-    tls_cert: Path | None = None  # PEM certificate chain
-    tls_key: Path | None = None  # PEM private key
-    # Requests per connection (daemon.net.ratelimit); rate 0 turns the limit off. Connections
-    # that presented the admin token are not limited: they can delete every room anyway.
-    rate_limit: float = 20.0  # requests per second, sustained
-    rate_burst: int = 200  # requests at once (a WebRTC mesh join sends a few dozen)
-    max_rate_limited: int = 100  # refused requests within 10 s before the close (1008)
-    # Connections open at once from one client address (loopback included); 0: no limit.
-    max_connections_per_address: int = 64
-    # Idle detection: a WebSocket ping every ping_interval seconds; no pong within
-    # ping_timeout closes the connection (1011). ping_interval 0 sends no pings.
-    ping_interval: float = 30.0
-    ping_timeout: float = 20.0
-    # Browser origins allowed to open WebSockets besides the daemon's own (daemon.net.origins).
-    allowed_origins: tuple[str, ...] = ()
-    # Chat limits, at most the protocol's (4000 and 64 characters).
-    max_text: int = MAX_MESSAGE_TEXT
-    max_name: int = MAX_DISPLAY_NAME
+    host: str = _set(local.DEFAULT_HOST, help="Address to listen on.", metavar="ADDRESS")
+    port: int = _set(local.DEFAULT_PORT, help="TCP port; 0 picks a free one.", metavar="PORT",
+                     minimum=0, maximum=65535)
+    data_dir: Path = _set(factory=default_data_dir, metavar="DIR",
+                          help="Where rooms, messages and the admin token live.",
+                          show_default="$XDG_STATE_HOME/roomctl")
+    memory: bool = _set(False, flag="--memory",
+                        help="Keep rooms and messages in memory only (the admin token still "
+                             "goes to the data directory).")
+    grace: float = _set(60.0, metavar="SECONDS", minimum=0,
+                        help="Seconds a dropped participant may take to resume before it "
+                             "leaves.")
+    auto_create: bool = _set(True, flag="--auto-create/--no-auto-create",
+                             help="Create a room when someone first joins it.")
+    empty_timeout: float = _set(DEFAULT_EMPTY_TIMEOUT, metavar="SECONDS", minimum=0,
+                                help="Seconds a room made by joining it, and never used (no "
+                                     "message, topic or pin), stays once empty; 'inf' keeps "
+                                     "it.")
+    handshake_timeout: float = _set(10.0, metavar="SECONDS", above=0,
+                                    help="Seconds from the WebSocket opening to a successful "
+                                         "hello.")
+    head_timeout: float = _set(10.0, metavar="SECONDS", above=0,
+                               help="Seconds from accepting a connection to its whole request "
+                                    "head (TLS handshake included).")
+    max_head_bytes: int = _set(16 * 1024, metavar="BYTES", minimum=1024, maximum=1024 * 1024,
+                               help="Largest HTTP request head; a larger one gets 431.")
+    max_frame_bytes: int = _set(MAX_FRAME_BYTES, metavar="BYTES", minimum=1024,
+                                maximum=MAX_FRAME_BYTES,
+                                help="Largest WebSocket frame; a larger one closes the "
+                                     "connection (1009).")
+    outbound_queue: int = _set(2048, metavar="N", minimum=1,
+                               help="Writes waiting for one client's socket before it counts "
+                                    "as too slow and is closed (4011).")
+    send_timeout: float = _set(10.0, metavar="SECONDS", above=0,
+                               help="Seconds a client's pending output may make no progress "
+                                    "before it is closed as too slow (4011).")
+    close_timeout: float = _set(2.0, metavar="SECONDS", above=0,
+                                help="Seconds for one connection's closing handshake.")
+    max_bad_frames: int = _set(20, metavar="N", minimum=0,
+                               help="Bad frames a connection may send before it is closed "
+                                    "(1008).")
+    shutdown_timeout: float = _set(5.0, metavar="SECONDS", minimum=0,
+                                   help="Seconds clients get to see the 1001 close on shutdown.")
+    require_tokens: bool = _set(False, flag="--require-tokens",
+                                help="Make every room private: joining needs a join token.")
+    max_rooms: int | None = _set(10_000, metavar="N", minimum=1,
+                                 help="Most rooms the daemon holds.")
+    max_participants: int | None = _set(100, metavar="N", minimum=1,
+                                        maximum=MAX_ROOM_PARTICIPANTS,
+                                        help="Most participants in one room (hidden observers "
+                                             "not counted).")
+    tls_cert: Path | None = _set(None, metavar="FILE",
+                                 help="PEM certificate chain: serve https and wss (needs "
+                                      "--tls-key).")
+    tls_key: Path | None = _set(None, metavar="FILE", help="PEM private key of --tls-cert.")
+    rate_limit: float = _set(20.0, metavar="N", minimum=0,
+                             help="Requests per second per connection, sustained; 0: no limit. "
+                                  "The admin token's connections are not limited.")
+    rate_burst: int = _set(200, metavar="N", minimum=1,
+                           help="Requests a connection may make at once, after a quiet spell.")
+    max_rate_limited: int = _set(100, metavar="N", minimum=1,
+                                 help="Refused (rate-limited) requests within 10 s before the "
+                                      "connection is closed (1008).")
+    max_connections_per_address: int = _set(64, metavar="N", minimum=0,
+                                            help="Connections open at once from one client "
+                                                 "address, loopback included; 0: no limit.")
+    ping_interval: float = _set(30.0, metavar="SECONDS", minimum=0,
+                                help="Seconds between WebSocket pings to each client; 0: no "
+                                     "pings.")
+    ping_timeout: float = _set(20.0, metavar="SECONDS", above=0,
+                               help="Seconds a client has to answer a ping before it is closed "
+                                    "(1011).")
+    allowed_origins: tuple[str, ...] = _set((), metavar="ORIGIN", option="--allowed-origin",
+                                            help="A web origin (https://chat.example.org) "
+                                                 "whose pages may connect, besides the "
+                                                 "daemon's own; repeat it, or '*' for any.")
+    max_text: int = _set(MAX_MESSAGE_TEXT, metavar="N", minimum=1, maximum=MAX_MESSAGE_TEXT,
+                         help="Longest message text, in characters.")
+    max_name: int = _set(MAX_DISPLAY_NAME, metavar="N", minimum=1, maximum=MAX_DISPLAY_NAME,
+                         help="Longest display name, in characters.")
 
     def __post_init__(self) -> None:
         # A str here used to fail deep inside serve(); normalise every path field once.
-        for name in _PATH_FIELDS:
+        for name in ("data_dir", "tls_cert", "tls_key"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
-        if not self.empty_timeout >= 0:
-            raise ValueError("empty_timeout must be 0 or more seconds (math.inf: never)")
+        for item, setting in settings():
+            setting.check(item.name, getattr(self, item.name))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert", "a TLS certificate and key go together: give both "
+                                          "or neither")
+        origins: list[str] = []
+        for origin in self.allowed_origins:
+            try:
+                origins.append(normalize_origin(origin))
+            except ValueError as exc:
+                raise ConfigError("allowed_origins", str(exc)) from None
+        object.__setattr__(self, "allowed_origins", tuple(dict.fromkeys(origins)))
 
     @property
     def db_path(self) -> Path | None:
@@ -100,6 +216,11 @@ class Config:
     def tls(self) -> bool:
         """Whether the daemon serves https and wss."""
         return self.tls_cert is not None
+
+
+def settings() -> list[tuple[Field[Any], Setting]]:
+    """Return every ``Config`` field with its ``Setting``, in declaration order."""
+    return [(item, item.metadata["setting"]) for item in fields(Config)]
 
 
 def ensure_admin_token(data_dir: Path) -> str:

@@ -108,6 +108,7 @@ from protocol import (
     ErrorCode,
     ProtocolError,
     WireFormat,
+    local,
     negotiate,
 )
 from protocol import admin as adm
@@ -116,9 +117,9 @@ from protocol.messages import ConnectionLimits, Error, Hello, Request
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-ROOM_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
-ACCESS_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/access$")
-ADMIN_PATH = "/v1/admin"
+ROOM_PATH = local.ROOM_PATH
+ACCESS_PATH = re.compile(ROOM_PATH.pattern.removesuffix("$") + "/access$")
+ADMIN_PATH = local.ADMIN_PATH
 
 
 def _address(peer: tuple[str, int]) -> str:

@@ -21,8 +21,8 @@ from daemon.config import write_secret_file
 from daemon.core.access import ADMIN, ALL_GRANTS, ANONYMOUS, Access
 from protocol import Grant
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.local import JOIN_SECRET_FILE
 
-JOIN_SECRET_FILE = "join-secret"
 ISSUER = "roomctl"
 AUDIENCE = "roomctl-room"
 ALGORITHM = "HS256"

@@ -16,31 +16,29 @@ import ipaddress
 import itertools
 import logging
 import math
-import os
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import trio
 import trio_websocket
 
-from protocol import CORE_EVENTS, Codec, WireFormat
+from protocol import CORE_EVENTS, Codec, Grant, WireFormat
 from protocol.admin import ADMIN_EVENTS
 from protocol.chat import CHAT_EVENTS
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from protocol.local import ADMIN_PATH, ADMIN_TOKEN_FILE, DEFAULT_URL, default_data_dir, room_path
 from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
 from roomctl.rules import explain_refusal
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "http://127.0.0.1:8750"
 CLIENT_MAX_FRAME = 16 * 1024 * 1024
-ADMIN_TOKEN_FILE = "admin-token"  # the daemon's file in its data directory (daemon.config)
 
 
 class ExitCode(enum.IntEnum):
@@ -60,11 +58,13 @@ class ExitCode(enum.IntEnum):
 class CliError(Exception):
     """A command failed; ``message`` is the one line for stderr, ``exit_code`` the status."""
 
-    def __init__(self, exit_code: ExitCode, message: str, *, code: str | None = None) -> None:
+    def __init__(self, exit_code: ExitCode, message: str, *, code: str | None = None,
+                 grant: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.message = message
         self.code = code  # the daemon's error code, when it refused
+        self.grant = grant  # the grant the daemon said the token lacks (forbidden)
 
 
 class HelloRefused(CliError):
@@ -94,7 +94,8 @@ def refused(error: Error, request: Request | None = None) -> CliError:
     message = error.message
     if request is not None and error.code == ErrorCode.BAD_REQUEST:
         message = explain_refusal(message, request)
-    return CliError(exit_code, f"{error.code}: {message}", code=str(error.code))
+    return CliError(exit_code, f"{error.code}: {message}", code=str(error.code),
+                    grant=str(error.grant) if error.grant is not None else None)
 
 
 def closed(exc: trio_websocket.ConnectionClosed) -> CliError:
@@ -164,7 +165,7 @@ class Target:
     @property
     def admin_token_file(self) -> Path:
         """The file a local daemon keeps its admin token in (under ``data_dir``)."""
-        return (self.data_dir or _default_data_dir()) / ADMIN_TOKEN_FILE
+        return (self.data_dir or default_data_dir()) / ADMIN_TOKEN_FILE
 
     def credential(self) -> Credential | None:
         """Return the token to present: the explicit one, else a local daemon's admin token.
@@ -207,12 +208,6 @@ class Target:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
-
-
-def _default_data_dir() -> Path:
-    # Same default as daemon.config.default_data_dir, without importing the daemon.
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "roomctl"
 
 
 def validate_url(url: str) -> str:
@@ -339,7 +334,8 @@ async def connect(target: Target, path: str, hello: Hello) -> AsyncIterator[Sess
                 except CliError as exc:
                     if exc.code is None:  # not an answer from the daemon
                         raise
-                    raise HelloRefused(exc.exit_code, exc.message, code=exc.code) from None
+                    raise HelloRefused(exc.exit_code, exc.message, code=exc.code,
+                                   grant=exc.grant) from None
                 if not isinstance(welcome, Welcome):
                     raise CliError(ExitCode.REFUSED,
                                    f"unexpected answer {type(welcome).__name__}")
@@ -435,13 +431,6 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or "connection failed"
 
 
-def room_path(room: str) -> str:
-    return f"/v1/rooms/{quote(room, safe='')}"
-
-
-ADMIN_PATH = "/v1/admin"
-
-
 @asynccontextmanager
 async def open_room(target: Target, room: str, *, name: str | None = None,
                     hidden: bool = False, resume: str | None = None,
@@ -499,7 +488,7 @@ def _token_refused(target: Target, credential: Credential, exc: CliError, *,
 
 
 def _with_hint(exc: HelloRefused, hidden: bool) -> CliError:
-    if hidden and exc.code == "forbidden" and "hidden" in exc.message:
+    if hidden and exc.grant == Grant.HIDDEN:
         exc.message += " (this command observes the room unseen: give the token the " \
                        "hidden grant)"
     return exc

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import re
 import signal
 import sys
 from typing import Annotated
@@ -50,7 +49,6 @@ WINDOW = 256  # messages in flight before reading more input (with the admin tok
 # after the wait the daemon names, and only one message is ever in flight, so that a
 # retried message can never land after the one behind it.
 LIMITED_WINDOW = 1
-_RETRY_IN = re.compile(r"retry in ([0-9.]+) s")
 RETRY_FOR = 60.0  # seconds --lines keeps retrying one outage before it gives up
 STDIN_BATCHES = 16  # reads of stdin (up to 64 KiB each) held ahead of the connection
 OVER_LIMIT = f"over the {MAX_TEXT}-character limit"
@@ -90,8 +88,7 @@ class _Outbox:
             return  # an answer to a message already settled on an earlier connection
         self.in_flight.discard(key)
         if isinstance(reply, Error) and reply.code == "rate-limited":
-            match = _RETRY_IN.search(reply.message)
-            hint = float(match.group(1)) if match else 1.0
+            hint = reply.retry_after if reply.retry_after is not None else 1.0
             # Wait at least what the daemon says, and longer each time the same message is
             # refused again, so that a busy room never sees a burst of retries.
             tries = self.refusals[key] = self.refusals.get(key, 0) + 1

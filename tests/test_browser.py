@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, BrowserContext
 
 from daemon.config import read_admin_token
 from daemon.tokens import Authority, ensure_join_secret
+from protocol import limits
 from tests.browser_util import (
     WAIT,
     RoomPage,
@@ -130,6 +131,18 @@ async def test_pages_are_html_with_a_strict_content_security_policy(
     assert b"http://" not in body and b"https://" not in body.replace(b"http://www.w3.org", b"")
 
 
+async def test_the_pages_room_name_rule_is_the_protocols(server: Server) -> None:
+    # One rule: the page imports it from a module the daemon makes from protocol.limits,
+    # and no script carries a room-name pattern of its own.
+    status, _, body = await fetch(server, "/static/js/limits.js")
+    assert status == 200
+    pattern = re.search(rb"ROOM_NAME = new RegExp\((\".*?\")\)", body)
+    assert pattern is not None and json.loads(pattern.group(1)) == limits.ROOM_NAME_PATTERN
+    for script in ("lobby.js", "room.js"):
+        source = (await fetch(server, f"/static/js/{script}"))[2]
+        assert b"from './limits.js'" in source and b"A-Za-z0-9" not in source
+
+
 async def test_every_asset_the_pages_load_is_served_with_its_type_and_an_etag(
     server: Server,
 ) -> None:
@@ -148,7 +161,7 @@ async def test_every_asset_the_pages_load_is_served_with_its_type_and_an_etag(
                 assets.add(path)
                 pending.append(path)
     assert {"/static/css/room.css", "/static/js/room.js", "/static/js/lobby.js",
-            "/static/js/connection.js", "/static/js/mesh.js"} <= assets
+            "/static/js/connection.js", "/static/js/mesh.js", "/static/js/limits.js"} <= assets
     types = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
              ".svg": "image/svg+xml"}
     for asset in sorted(assets):

@@ -175,7 +175,17 @@ async def test_a_bad_token_is_refused_even_in_an_open_room(private_server: Serve
 async def test_hidden_needs_its_grant(private_server: Server) -> None:
     token = make_token(private_server, "valid", ["join", "post"])
     async with ws(private_server, f"/v1/rooms/{ROOM}") as client:
-        assert await refused_hello(client, token=token, hidden=True) == ("forbidden", 4003)
+        reply = await client.hello(token=token, hidden=True)
+        assert (reply["code"], reply["grant"]) == ("forbidden", "hidden")
+
+
+async def test_a_forbidden_request_names_the_grant_it_lacked(private_server: Server) -> None:
+    token = make_token(private_server, "valid", ["join", "media"])
+    async with ws(private_server, f"/v1/rooms/{ROOM}") as client:
+        welcome = await client.hello(token=token)
+        assert welcome["limits"]["max_text"] == 4000 and welcome["limits"]["rate"] == 20.0
+        reply = await client.request({"type": "send-message", "text": "hi"})
+        assert (reply["code"], reply["grant"], reply["retry_after"]) == ("forbidden", "post", None)
 
 
 async def test_the_token_name_and_identity_show_in_the_participant_list(

@@ -26,15 +26,16 @@ from typing import Final
 import msgspec
 
 from daemon.net.front import HttpRequest, HttpResponse
+from protocol import limits, local
 from protocol.messages import RoomInfo
 
 __all__ = ["PUBLIC_ROOMS_PATH", "StaticFile", "load_static", "respond"]
 
-PUBLIC_ROOMS_PATH: Final = "/v1/rooms"
+PUBLIC_ROOMS_PATH: Final = local.ROOMS_PATH
 STATIC_PREFIX: Final = "/static/"
 _ROOM_PAGE = re.compile(r"^/r/([^/]*)$")
 # The same rule as protocol.limits.RoomName, so the page never offers a room the daemon refuses.
-_ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ROOM_NAME = re.compile(limits.ROOM_NAME_PATTERN)
 # A Host header that is only a host name or address and a port; anything else stays out of
 # the policy (a header value must never be able to add directives).
 _SAFE_HOST = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
@@ -98,7 +99,30 @@ def load_static() -> dict[str, StaticFile]:
 
     if root.is_dir():
         walk(root, STATIC_PREFIX)
+    files[LIMITS_MODULE] = _limits_module()
     return files
+
+
+LIMITS_MODULE: Final = f"{STATIC_PREFIX}js/limits.js"
+
+
+def _limits_module() -> StaticFile:
+    """The page's copy of the protocol's rules, made from ``protocol.limits`` at start-up.
+
+    The page checks a room name before it navigates or connects; generating the module
+    keeps that rule the protocol's own instead of a third hand-written regex.
+    """
+    encode = msgspec.json.encode
+    body = (
+        "// Made by the daemon from protocol/limits.py and protocol/local.py: do not edit.\n"
+        f"export const ROOM_NAME = new RegExp({encode(limits.ROOM_NAME_PATTERN).decode()});\n"
+        f"export const ROOM_NAME_RULE = {encode(limits.ROOM_NAME_RULE).decode()};\n"
+        f"export const ROOMS_PATH = {encode(local.ROOMS_PATH).decode()};\n"
+        f"export const MAX_MESSAGE_TEXT = {limits.MAX_MESSAGE_TEXT};\n"
+        f"export const MAX_DISPLAY_NAME = {limits.MAX_DISPLAY_NAME};\n"
+    ).encode()
+    digest = hashlib.blake2b(body, digest_size=12).hexdigest()
+    return StaticFile(body, _CONTENT_TYPES[".js"], f'"{digest}"')
 
 
 _STATIC: Final = load_static()

@@ -1,8 +1,8 @@
 // The lobby (/): the public rooms, and a form to go to any room by name.
 
 import { el } from './dom.js';
+import { ROOM_NAME, ROOM_NAME_RULE, ROOMS_PATH } from './limits.js';
 
-const ROOM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const REFRESH_MS = 15000;
 
 const list = document.getElementById('rooms');
@@ -10,7 +10,7 @@ const note = document.getElementById('rooms-note');
 
 async function refresh() {
   try {
-    const response = await fetch('/v1/rooms', { headers: { Accept: 'application/json' } });
+    const response = await fetch(ROOMS_PATH, { headers: { Accept: 'application/json' } });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const { rooms } = await response.json();
     list.replaceChildren(...rooms.map((room) => el('li', { className: 'room-entry' }, [
@@ -34,7 +34,7 @@ document.getElementById('room-form').addEventListener('submit', (event) => {
   const name = document.getElementById('room-input').value.trim();
   const error = document.getElementById('room-error');
   if (!ROOM_NAME.test(name)) {
-    error.textContent = 'Use 1 to 64 letters, digits, ".", "_" or "-", starting with a letter or digit.';
+    error.textContent = `Use ${ROOM_NAME_RULE}.`;
     return;
   }
   error.textContent = '';

@@ -11,9 +11,9 @@ import { Chat } from './chat.js';
 import { RoomConnection } from './connection.js';
 import { Mesh } from './mesh.js';
 import { People } from './people.js';
+import { ROOM_NAME } from './limits.js';
 import { Tiles } from './tiles.js';
 
-const ROOM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const NAME_KEY = 'roomctl.name';
 
 const $ = (id) => document.getElementById(id);
