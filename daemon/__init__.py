@@ -7,14 +7,14 @@ imported on first use, so ``import daemon.core.engine`` stays sans-IO.
 
 from typing import TYPE_CHECKING, Any
 
-from daemon.apps.api import App, Context
+from daemon.apps.api import App, Context, handles
 from daemon.apps.chat import ChatApp
 from daemon.config import Config
 
 if TYPE_CHECKING:
     from daemon.server import VERSION, serve
 
-__all__ = ["VERSION", "App", "ChatApp", "Config", "Context", "serve"]
+__all__ = ["VERSION", "App", "ChatApp", "Config", "Context", "handles", "serve"]
 
 
 def __getattr__(name: str) -> Any:

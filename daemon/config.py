@@ -188,6 +188,10 @@ class Config:
                          help="Longest message text, in characters.")
     max_name: int = _set(MAX_DISPLAY_NAME, metavar="N", minimum=1, maximum=MAX_DISPLAY_NAME,
                          help="Longest display name, in characters.")
+    apps: tuple[str, ...] = _set((), metavar="MODULE:FACTORY", option="--app",
+                                 help="Also run the room app this factory makes (a module "
+                                      "on the Python path); repeat for several. Installed "
+                                      "apps (entry points roomctl.apps) always run.")
 
     def __post_init__(self) -> None:
         # A str here used to fail deep inside serve(); normalise every path field once.

@@ -701,9 +701,9 @@ async def serve(
     (``daemon.tls.TlsSetupError``, whose message is one line).
     """
     if apps is None:
-        from daemon.apps.chat import ChatApp
+        from daemon.apps.loader import load_apps
 
-        apps = [ChatApp(max_text=config.max_text, max_name=config.max_name)]
+        apps = load_apps(config.apps, config=config)
     tls: ssl.SSLContext | None = None
     if config.tls_cert is not None or config.tls_key is not None:
         if config.tls_cert is None or config.tls_key is None:

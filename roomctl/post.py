@@ -29,7 +29,7 @@ import trio
 import typer
 
 from protocol.chat import SendMessage
-from protocol.limits import MAX_FRAME_BYTES
+from protocol.limits import MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
 from protocol.messages import Error, Ok
 from roomctl import output
 from roomctl.client import CliError, ExitCode, Session, open_room, refused
@@ -42,7 +42,6 @@ from roomctl.options import (
     run,
     until_signalled,
 )
-from roomctl.rules import MAX_TEXT
 
 WINDOW = 256  # messages in flight before reading more input (with the admin token)
 # Without the admin token the daemon rate-limits requests; a refused message is sent again
@@ -51,7 +50,7 @@ WINDOW = 256  # messages in flight before reading more input (with the admin tok
 LIMITED_WINDOW = 1
 RETRY_FOR = 60.0  # seconds --lines keeps retrying one outage before it gives up
 STDIN_BATCHES = 16  # reads of stdin (up to 64 KiB each) held ahead of the connection
-OVER_LIMIT = f"over the {MAX_TEXT}-character limit"
+OVER_LIMIT = f"over the {MAX_MESSAGE_TEXT}-character limit"
 
 Line = tuple[int, str]  # a message: its line number in the input, and its text
 
@@ -325,7 +324,7 @@ class _Stdin:
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
         if not line.strip():
             return None
-        if len(line) > MAX_TEXT:
+        if len(line) > MAX_MESSAGE_TEXT:
             print(f"roomctl: line {number}: {len(line)} characters is {OVER_LIMIT}; "
                   "not posted", file=sys.stderr)
             self.too_long.append(number)
@@ -427,8 +426,8 @@ def post(
         message = sys.stdin.read().rstrip("\r\n") if from_stdin else " ".join(text or [])
         if not message.strip():
             fail("nothing to post: the message is empty", ExitCode.USAGE)
-        if len(message) > MAX_TEXT:
-            fail(f"the message is {len(message)} characters; the limit is {MAX_TEXT} "
+        if len(message) > MAX_MESSAGE_TEXT:
+            fail(f"the message is {len(message)} characters; the limit is {MAX_MESSAGE_TEXT} "
                  "(--lines posts line by line)", ExitCode.REFUSED)
         if len(message.encode()) > MAX_FRAME_BYTES - 256:
             fail("the message is too large for one frame", ExitCode.REFUSED)

@@ -16,7 +16,6 @@ import msgspec
 from msgspec import Meta
 
 from protocol.chat import ChatRoomMeta
-from protocol.limits import MessageText
 
 
 def meta_of(constrained: Any) -> Meta:
@@ -73,8 +72,6 @@ def problem(constrained: Any, value: Any, what: str) -> str | None:
         else repr(value)
     return f"{shown} is not a valid {what}: {rule(constrained)}"
 
-
-MAX_TEXT: int = meta_of(MessageText).max_length or 0
 
 _AT_FIELD = re.compile(r"Expected .* - at `\$\.(?P<field>[A-Za-z_]+)`")
 

@@ -26,6 +26,7 @@ from protocol.chat import (
     PinsChanged,
     TopicChanged,
 )
+from protocol.limits import MAX_PAGE
 from protocol.messages import (
     Participant,
     ParticipantJoined,
@@ -37,7 +38,7 @@ from roomctl.client import CliError, ExitCode, Session, open_room
 from roomctl.options import Context, check_name, check_room, client_command, run_until_signalled
 from roomctl.rooms import participant_meta
 
-PAGE = 1000  # protocol.limits.PageLimit
+PAGE = MAX_PAGE  # messages asked for at once
 MAX_BACKOFF = 5.0
 
 

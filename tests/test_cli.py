@@ -19,7 +19,6 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,10 @@ import pytest
 import trio
 import trio_websocket
 
+from tests.cli_util import Result, one_error_line
 from tests.conftest import ROOT, WAIT, Client, ServeProcess, start_serve
 
 CLI_TIMEOUT = 30.0  # seconds any one roomctl command may take
-
-
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.out.splitlines()]
 
 
 def _env(sp: ServeProcess | None, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -76,15 +63,6 @@ async def roomctl_many(sp: ServeProcess | None, *commands: list[str]) -> list[Re
         for index, args in enumerate(commands):
             nursery.start_soon(one, index, args)
     return [r for r in results if r is not None]
-
-
-def one_error_line(result: Result) -> str:
-    """Assert stderr is exactly one ``roomctl:`` line with no traceback; return it."""
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("roomctl: "), result.err
-    assert "Traceback" not in result.err
-    return lines[0]
 
 
 @pytest.fixture
@@ -452,45 +430,6 @@ async def test_kick_removes_a_participant_by_id_or_name(daemon_process: ServePro
 
 
 # --- exit codes and connection options -------------------------------------------------------
-
-
-async def test_exit_2_for_usage_errors(daemon_process: ServeProcess) -> None:
-    sp = daemon_process
-    commands = (["room", "create"], ["post"], ["tail", "ops", "-n", "-1"], ["nope"],
-                ["room", "list", "--url", "ftp://x"], ["room", "list", "--timeout", "soon"],
-                ["wait", "ops", "-p", "0"])
-    for args, result in zip(commands, await roomctl_many(sp, *commands), strict=True):
-        assert result.rc == 2, (args, result)
-        one_error_line(result)
-    bad_env = await roomctl(sp, "room", "list", env={"ROOMCTL_URL": "not a url"})
-    assert bad_env.rc == 2 and "ROOMCTL_URL" in one_error_line(bad_env)
-
-
-async def test_values_the_protocol_forbids_are_usage_errors_in_words(
-        daemon_process: ServeProcess) -> None:
-    sp = daemon_process
-    await roomctl(sp, "room", "create", "ops")
-    long_topic, long_name = "t" * 513, "n" * 65
-    cases = {  # the command line -> the rule the one-line error must state
-        ("room", "create", "bad name!"): "1-64 letters, digits",
-        ("post", "bad/name", "hi"): "1-64 letters, digits",
-        ("who", "a b"): "1-64 letters, digits",
-        ("token", "create", "-r", "ops", "-i", "x", "--ttl", "400d"): "at most 366 days",
-        ("token", "create", "-r", "ops", "-i", "i" * 129): "1 to 128 characters",
-        ("room", "create", "t1", "--topic", long_topic): "at most 512 characters",
-        ("room", "topic", "ops", long_topic): "at most 512 characters",
-        ("room", "create", "t2", "--max-participants", "20000"): "1 to 10000",
-        ("room", "create", "t3", "--max-participants", "0"): "1 to 10000",
-        ("post", "ops", "hi", "--name", long_name): "1 to 64 characters",
-        ("room", "create", "t4", "--public", "--private"): "exclude each other",
-    }
-    results = await roomctl_many(sp, *(list(args) for args in cases))
-    for (args, rule), result in zip(cases.items(), results, strict=True):
-        line = one_error_line(result)
-        assert result.rc == 2 and rule in line, (args, line)
-        assert "Expected" not in line and "regex" not in line, line
-    listed = (await roomctl(sp, "room", "list", "--json")).json()
-    assert [room["name"] for room in listed] == ["ops"]  # nothing reached the daemon
 
 
 async def test_what_the_daemon_still_refuses_is_told_in_words(

@@ -37,6 +37,7 @@ from protocol.codec import Codec, WireFormat
 from protocol.errors import CloseCode, ErrorCode
 from protocol.messages import Event, Frame, Reply, Request
 from roomctl.cli import app
+from tests.cli_util import run_cli
 from tests.conftest import ROOT, ServeProcess
 
 MAN = ROOT / "man"
@@ -473,7 +474,12 @@ def test_every_option_of_a_client_command_is_documented(path: tuple[str, ...]) -
 def test_every_environment_variable_of_the_cli_is_documented() -> None:
     cli_source = "\n".join(path.read_text() for path in (ROOT / "roomctl").rglob("*.py"))
     variables = set(re.findall(r"\bROOMCTL_[A-Z][A-Z_]*", cli_source))
-    assert variables  # the CLI reads some
+    # Options made at run time (serve's, from daemon.Config) name theirs in the command tree.
+    for command in _commands().values():
+        for param in command.params:
+            envvar = getattr(param, "envvar", None)
+            variables.update([envvar] if isinstance(envvar, str) else envvar or [])
+    assert "ROOMCTL_MAX_BAD_FRAMES" in variables and "ROOMCTL_URL" in variables
     documented = {item.tag for item in _cli_items("ENVIRONMENT")}
     assert variables <= documented
 
@@ -483,13 +489,24 @@ def test_every_environment_variable_of_the_cli_is_documented() -> None:
 GROUPS = [(), ("room",), ("token",)]
 
 
-def _help_in_a_pipe(*path: str, columns: int = 80) -> str:
-    """``roomctl PATH --help`` as a script or ``| less`` gets it: stdout a pipe, 80 columns."""
+def _help_in_a_pipe(*path: str) -> str:
+    """``roomctl PATH --help`` as a script or ``| less`` gets it: 80 columns, no terminal.
+
+    In process (``tests/cli_util``); ``test_help_in_a_real_pipe_is_the_same`` checks that
+    a subprocess writing to a real pipe prints the same text.
+    """
+    result = run_cli(*path, "--help", env={"COLUMNS": "80"})
+    assert result.rc == 0, result.err
+    return result.out
+
+
+@pytest.mark.parametrize("path", [("serve",), ("join",)], ids=" ".join)
+def test_help_in_a_real_pipe_reads_whole(path: tuple[str, ...]) -> None:
     out = subprocess.run([sys.executable, "-m", "roomctl", *path, "--help"],
                          capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT,
-                         env={**os.environ, "COLUMNS": str(columns)})
+                         env={**os.environ, "COLUMNS": "80"})
     assert out.returncode == 0, out.stderr
-    return out.stdout
+    _check_help_reads_whole(path, out.stdout)
 
 
 def _group(path: tuple[str, ...]) -> Any:
@@ -501,7 +518,10 @@ def _group(path: tuple[str, ...]) -> Any:
 
 @pytest.mark.parametrize("path", sorted(COMMANDS) + GROUPS, ids=lambda p: " ".join(p) or "roomctl")
 def test_help_reads_whole_at_80_columns_in_a_pipe(path: tuple[str, ...]) -> None:
-    text = _help_in_a_pipe(*path)
+    _check_help_reads_whole(path, _help_in_a_pipe(*path))
+
+
+def _check_help_reads_whole(path: tuple[str, ...], text: str) -> None:
     command = COMMANDS.get(path) or _group(path)
     for param in command.params:
         for option in (*param.opts, *param.secondary_opts):
@@ -519,11 +539,10 @@ def test_help_reads_whole_at_80_columns_in_a_pipe(path: tuple[str, ...]) -> None
 @pytest.mark.parametrize("path", GROUPS, ids=lambda p: " ".join(p) or "roomctl")
 def test_a_group_without_a_command_shows_its_help_as_a_usage_error(
         path: tuple[str, ...]) -> None:
-    out = subprocess.run([sys.executable, "-m", "roomctl", *path], capture_output=True,
-                         text=True, cwd=ROOT, timeout=TIMEOUT, env={**os.environ, "COLUMNS": "80"})
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith(f"Usage: roomctl {' '.join(path)}".rstrip()), out.stderr
-    assert "\nCommands:\n" in out.stderr
+    out = run_cli(*path, env={"COLUMNS": "80"})
+    assert out.rc == 2 and out.out == ""
+    assert out.err.startswith(f"Usage: roomctl {' '.join(path)}".rstrip()), out.err
+    assert "\nCommands:\n" in out.err
 
 
 def test_help_keeps_the_grouping_of_options() -> None:

@@ -186,6 +186,12 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
         ctx.persist(write, then=changed, undo=ctx.room_meta_undo(meta))
 
 
+def from_config(config: Any) -> ChatApp:
+    """Return the chat app with a daemon's text and name limits (the ``roomctl.apps`` entry
+    point of chat)."""
+    return ChatApp(max_text=config.max_text, max_name=config.max_name)
+
+
 # A page of history must fit in one frame, in either format (JSON is the larger): at most
 # this many bytes of messages, leaving room for the envelope. One message always fits.
 PAGE_BYTES = MAX_FRAME_BYTES - 4096
