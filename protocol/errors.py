@@ -15,6 +15,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too-large"
     CONFLICT = "conflict"
     LIMIT_REACHED = "limit-reached"  # a daemon-wide limit, such as its number of rooms
+    UNAVAILABLE = "unavailable"  # the store cannot be reached now; retry after retry_after
     INTERNAL = "internal"
 
 

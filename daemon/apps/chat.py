@@ -43,6 +43,7 @@ DEFAULT_NAME = "guest"
 
 _encode_message = msgspec.msgpack.Encoder().encode
 _decode_message = msgspec.msgpack.Decoder(ChatMessage).decode
+_decode_participant = msgspec.msgpack.Decoder(ChatParticipantMeta).decode
 
 
 class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
@@ -73,6 +74,9 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
 
     def max_participants(self, meta: ChatRoomMeta) -> int | None:
         return meta.max_participants
+
+    def decode_session_meta(self, data: bytes) -> ChatParticipantMeta:
+        return _decode_participant(data)
 
     def admit(self, ctx: Context, hello: Hello) -> ChatParticipantMeta:
         if hello.name is not None:

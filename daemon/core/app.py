@@ -86,6 +86,15 @@ class App(Generic[RoomMetaT, SessionMetaT]):
     def encode_room_meta(self, meta: RoomMetaT) -> bytes:
         return msgspec.json.encode(meta)
 
+    def encode_session_meta(self, meta: SessionMetaT) -> bytes:
+        """Return a session's metadata as bytes (several nodes keep sessions in Redis)."""
+        return msgspec.msgpack.encode(meta)
+
+    def decode_session_meta(self, data: bytes) -> SessionMetaT:
+        """Return what ``encode_session_meta`` made; override with a type to get it back."""
+        meta: SessionMetaT = msgspec.msgpack.decode(data)
+        return meta
+
     def decode_room_meta(self, data: bytes) -> RoomMetaT:
         meta: RoomMetaT = msgspec.json.decode(  # type: ignore[assignment]
             data, type=self.room_meta_type
@@ -148,8 +157,8 @@ class Context:
         if self.ref is not None:
             self.reply(Ok(ref=self.ref, seq=seq))
 
-    def error(self, code: ErrorCode, message: str) -> None:
-        self.reply(Error(ref=self.ref, code=code, message=message))
+    def error(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
+        self.reply(Error(ref=self.ref, code=code, message=message, retry_after=retry_after))
 
     def broadcast(self, frame: Event, *, exclude_self: bool = False) -> None:
         """Send ``frame`` to every connected session of the room (observers included)."""
@@ -165,6 +174,7 @@ class Context:
         if self.session is None:
             raise ProtocolError(ErrorCode.FORBIDDEN, "this request needs a session")
         self.session.meta = meta
+        self.engine.changed(self.session)
         if announce and not self.session.hidden:
             self.broadcast(ParticipantUpdated(participant=self.engine.view(self.session)))
 
@@ -223,8 +233,17 @@ class Context:
         def on_failure(exc: BaseException, now: float) -> list[Effect]:
             if undo is not None:
                 undo()
+            # A store may say which seq it holds last (several nodes: an append refused
+            # because an earlier one failed); later appends continue from there.
+            committed = getattr(exc, "committed_seq", None)
+            if log_seqs and isinstance(committed, int):
+                room.last_seq = room.next_seq = committed
+            code = getattr(exc, "code", None)
             ctx = self._later(now)
-            ctx.error(ErrorCode.INTERNAL, "the store failed to save this; it was not applied")
+            ctx.error(code if isinstance(code, ErrorCode) else ErrorCode.INTERNAL,
+                      getattr(exc, "public_message", None)
+                      or "the store failed to save this; it was not applied",
+                      retry_after=getattr(exc, "retry_after", None))
             return ctx.effects
 
         self.effects.append(Persist(tuple(writes), on_commit, on_failure))

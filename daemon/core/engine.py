@@ -72,7 +72,7 @@ from daemon.core.effects import (
     TokenIssued,
 )
 from daemon.core.records import DeleteRoom as DeleteRoomRecord
-from daemon.core.records import PutRoom, StoredRoom
+from daemon.core.records import DropSession, PutRoom, StoredRoom, StoredSession, Write
 from daemon.core.routes import Route, handles, routes_of
 from daemon.core.state import Room, Session, SessionState
 from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, Grant, ProtocolError, Request
@@ -192,6 +192,10 @@ class Engine:
         self.foreign_rooms: set[str] = set()
         # Expirable rooms left empty, with their removal deadlines, longest-waiting first.
         self._idle: dict[str, float] = {}
+        # Several nodes: sessions whose stored record is out of date (None: ended), for
+        # session_writes(). Off for one node, which keeps no session across a restart.
+        self.track_sessions = False
+        self._changed: dict[tuple[str, str], Session | None] = {}
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -220,6 +224,88 @@ class Engine:
             effects += self._vacated(room, now)
         return effects
 
+    def adopt(self, record: StoredRoom, sessions: Iterable[StoredSession],
+              now: float) -> list[Effect]:
+        """Take over a room another node owned (several nodes): load it and its sessions.
+
+        Every session comes back away, with a full grace period from ``now`` to resume
+        on any node; its mesh edges are kept, so a resumed peer keeps its calls. Returns
+        the grace timers (or the room's removal timer when it has no session).
+        """
+        app = self.apps.get(record.app)
+        if app is None:
+            self.foreign_rooms.add(record.name)
+            return []
+        room = self.rooms[record.name] = Room(
+            name=record.name, app=app, created_at=record.created_at,
+            meta=app.decode_room_meta(record.meta), private=record.private,
+            last_seq=record.last_seq, next_seq=record.last_seq, implicit=record.implicit)
+        effects: list[Effect] = []
+        for stored in sessions:
+            session = Session(
+                id=stored.id, room=room, resume_token=stored.resume_token,
+                hidden=stored.hidden, joined_at=stored.joined_at,
+                meta=app.decode_session_meta(stored.meta), state=SessionState.AWAY,
+                in_call=stored.in_call,
+                media=MediaState(audio_muted=stored.audio_muted,
+                                 video_muted=stored.video_muted),
+                grants=frozenset(Grant(g) for g in stored.grants), identity=stored.identity,
+                peers=set(stored.peers))
+            if session.hidden:
+                continue  # an observer ends with its connection: nothing to resume
+            room.sessions[session.id] = session
+            self._by_token[session.resume_token] = session
+            self._sessions[session.id] = session
+            effects.append(StartTimer(grace_timer(session.id), now + self.grace))
+        effects += self._vacated(room, now)
+        return effects
+
+    def unload(self, name: str, close: tuple[CloseCode, str]) -> list[Effect]:
+        """Let go of room ``name`` without ending it (several nodes: it moved elsewhere).
+
+        Its connections are closed with ``close`` (a code that tells clients to resume),
+        its timers cancelled and its state forgotten; nothing is announced or stored,
+        since the room and its sessions live on with their new owner.
+        """
+        room = self.rooms.pop(name, None)
+        if room is None:
+            return []
+        effects = self._cancel_expiry(room)
+        for session in room.sessions.values():
+            if session.conn is not None:
+                self._conns.pop(session.conn, None)
+                effects.append(Close(session.conn, *close))
+            else:
+                effects.append(CancelTimer(grace_timer(session.id)))
+            self._by_token.pop(session.resume_token, None)
+            self._sessions.pop(session.id, None)
+            self._changed.pop((name, session.id), None)
+        return effects
+
+    def changed(self, session: Session) -> None:
+        """Note that ``session``'s stored record is out of date (several nodes only)."""
+        if self.track_sessions:
+            self._changed[(session.room.name, session.id)] = \
+                None if session.state is SessionState.ENDED else session
+
+    def session_writes(self) -> list[Write]:
+        """Return (and forget) the session records to store since the last call."""
+        writes: list[Write] = []
+        for (room, session_id), session in self._changed.items():
+            if session is None or session.hidden:
+                if session is None:
+                    writes.append(DropSession(room=room, id=session_id))
+                continue
+            writes.append(StoredSession(
+                room=room, id=session.id, resume_token=session.resume_token,
+                hidden=session.hidden, joined_at=session.joined_at,
+                meta=session.room.app.encode_session_meta(session.meta),
+                grants=sorted(session.grants), identity=session.identity,
+                in_call=session.in_call, audio_muted=session.media.audio_muted,
+                video_muted=session.media.video_muted, peers=sorted(session.peers)))
+        self._changed.clear()
+        return writes
+
     # --- queries (for the server: health, metrics, the lobby) ------------------------------
 
     def welcomed(self, conn: ConnId) -> bool:
@@ -235,9 +321,13 @@ class Engine:
         """Return every room's public view, by name."""
         return [self.room_info(room) for _, room in sorted(self.rooms.items())]
 
-    def session_count(self) -> int:
-        """Return how many sessions (live or away, hidden included) the rooms hold."""
-        return len(self._sessions)
+    def session_count(self, room: str | None = None) -> int:
+        """Return how many sessions (live or away, hidden included) the rooms hold, or
+        ``room`` holds."""
+        if room is None:
+            return len(self._sessions)
+        found = self.rooms.get(room)
+        return 0 if found is None else len(found.sessions)
 
     def request_types(self) -> tuple[type[Request], ...]:
         """Return every request type of the room endpoint: hello, the core's, each app's."""
@@ -480,6 +570,7 @@ class Engine:
         self._by_token[session.resume_token] = session
         self._sessions[session.id] = session
         ctx.session = session
+        self.changed(session)
         ctx.effects += self._cancel_expiry(room)
         ctx.reply(self._welcome(session, hello.ref, resumed=False))
         if not session.hidden:
@@ -535,6 +626,7 @@ class Engine:
         if session.state is SessionState.AWAY and reason != "timeout":
             effects.append(CancelTimer(grace_timer(session.id)))
         session.state = SessionState.ENDED
+        self.changed(session)
         room.sessions.pop(session.id, None)
         self._by_token.pop(session.resume_token, None)
         self._sessions.pop(session.id, None)
@@ -601,23 +693,24 @@ class Engine:
 
     # --- the mesh --------------------------------------------------------------------------
 
-    @staticmethod
-    def _connect_peers(ctx: Context, *, offerer: Session, answerer: Session) -> None:
+    def _connect_peers(self, ctx: Context, *, offerer: Session, answerer: Session) -> None:
         offerer.peers.add(answerer.id)
         answerer.peers.add(offerer.id)
+        self.changed(offerer)
+        self.changed(answerer)
         for to, peer, offer in ((answerer, offerer, False), (offerer, answerer, True)):
             if to.conn is not None:
                 ctx.effects.append(
                     Send((to.conn,), AddPeer(peer_id=peer.id, should_create_offer=offer))
                 )
 
-    @staticmethod
-    def _drop_edges(ctx: Context, session: Session) -> None:
+    def _drop_edges(self, ctx: Context, session: Session) -> None:
         for peer_id in sorted(session.peers):
             other = session.room.sessions.get(peer_id)
             if other is None:
                 continue
             other.peers.discard(session.id)
+            self.changed(other)
             if other.conn is not None:
                 ctx.effects.append(Send((other.conn,), RemovePeer(peer_id=session.id)))
             else:
@@ -643,6 +736,7 @@ class Engine:
         session = self._participant(ctx)
         if not session.in_call:
             session.in_call = True
+            self.changed(session)
             # The newcomer offers to everyone already in the call (as in the seed design).
             for other in session.room.sessions.values():
                 if other is not session and other.in_call and other.live:
@@ -655,6 +749,7 @@ class Engine:
         session = self._participant(ctx)
         if session.in_call:
             session.in_call = False
+            self.changed(session)
             self._drop_edges(ctx, session)
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
         ctx.ok()
@@ -681,6 +776,7 @@ class Engine:
         media = MediaState(audio_muted=request.audio_muted, video_muted=request.video_muted)
         if media != session.media:
             session.media = media
+            self.changed(session)
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
         ctx.ok()
 

@@ -36,7 +36,39 @@ class AppendLog(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes
 
 
-Write: TypeAlias = PutRoom | DeleteRoom | AppendLog
+class StoredSession(msgspec.Struct, frozen=True, kw_only=True):
+    """A session as another node needs it to take its room over (several nodes only).
+
+    Written as ``PutSession`` whenever what it holds changes, dropped with
+    ``DropSession`` when the session ends. A new owner restores each one away, with a
+    full grace period to resume. ``meta`` is the app's encoding of the session metadata.
+    """
+
+    room: str
+    id: str
+    resume_token: str
+    hidden: bool
+    joined_at: float
+    meta: bytes
+    grants: list[str] = []
+    identity: str | None = None
+    in_call: bool = False
+    audio_muted: bool = True
+    video_muted: bool = True
+    peers: list[str] = []
+
+
+PutSession = StoredSession
+
+
+class DropSession(msgspec.Struct, frozen=True, kw_only=True):
+    """Forget a session that ended (several nodes only)."""
+
+    room: str
+    id: str
+
+
+Write: TypeAlias = PutRoom | DeleteRoom | AppendLog | StoredSession | DropSession
 
 
 class StoredRoom(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,27 +25,30 @@ logger = logging.getLogger(__name__)
 
 DoneCallback: TypeAlias = Callable[[BaseException | None], None]
 
-_WRITE_TYPES = (PutRoom, DeleteRoom, AppendLog)
-
-
 @dataclass(frozen=True, slots=True)
-class _Job:
+class Job:
+    """Writes to commit together, and what to call once they are (or failed)."""
+
     writes: tuple[Write, ...]
     on_done: DoneCallback
 
 
-class StoreWriter:
-    """Serialises all writes through one trio task that group-commits them.
+class OrderedWriter:
+    """One ordered queue of write jobs, committed in batches by one task, callbacks in order.
 
-    Start it with ``await nursery.start(writer.run)`` and stop it with ``aclose()``.
+    The queue and its contract (``submit_nowait``, ``wait_for_room``, ``run``, ``aclose``)
+    are the same for every store; a store says how one batch is committed
+    (``_commit_batch``) and how the log is read. Start it with
+    ``await nursery.start(writer.run)`` and stop it with ``aclose()``.
     """
 
-    def __init__(self, store: Store, *, queue_size: int = 4096) -> None:
+    write_types: tuple[type, ...] = (PutRoom, DeleteRoom, AppendLog)
+
+    def __init__(self, *, queue_size: int = 4096) -> None:
         # Called after the callbacks of each committed batch, from the same task with no
         # checkpoint in between (the daemon joins a batch's frames into one write).
         self.on_batch_done: Callable[[], None] | None = None
-        self._store = store
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._queue: collections.deque[Job] = collections.deque()
         self._queue_size = queue_size
         self._closed = False
         self._queued = trio.Event()  # set while the queue holds something (or on close)
@@ -54,9 +57,13 @@ class StoreWriter:
         # Held by whichever task is draining the queue: run(), or aclose() when run()
         # is not running. There is only ever one consumer, so jobs keep their order.
         self._serve_lock = trio.Lock()
-        # A private thread slot for commits. Reads use the default limiter, so a
-        # burst of slow reads cannot delay a commit waiting for a thread.
-        self._write_limiter = trio.CapacityLimiter(1)
+
+    async def _commit_batch(self, jobs: list[Job]) -> list[Exception | None]:
+        """Commit ``jobs`` (in order); return each one's failure, or None."""
+        raise NotImplementedError
+
+    async def _close_store(self) -> None:
+        """Release the store, once the queue is drained."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit submitted jobs until ``aclose`` is called.
@@ -70,7 +77,7 @@ class StoreWriter:
             RuntimeError: another task is already running this writer.
         """
         if self._serve_lock.locked():
-            raise RuntimeError("StoreWriter is already being run by another task")
+            raise RuntimeError(f"{type(self).__name__} is already being run by another task")
         async with self._serve_lock:
             task_status.started()
             await self._serve()
@@ -89,12 +96,7 @@ class StoreWriter:
             # These jobs have left the queue. Nobody else will ever commit them or call
             # their callbacks, so finish the batch whatever happens to this task.
             with trio.CancelScope(shield=True):
-                results = await trio.to_thread.run_sync(
-                    self._commit_jobs,
-                    jobs,
-                    abandon_on_cancel=False,
-                    limiter=self._write_limiter,
-                )
+                results = await self._commit_batch(jobs)
             # Run callbacks synchronously, with no checkpoint in between. A
             # cancellation cannot land between a commit and its callback, and
             # callbacks from different batches cannot interleave.
@@ -108,32 +110,6 @@ class StoreWriter:
                     self.on_batch_done()
                 except Exception:
                     logger.exception("store batch callback raised")
-
-    def _commit_jobs(self, jobs: list[_Job]) -> list[Exception | None]:
-        # Runs in the worker thread. One thread hop per batch, retries included.
-        writes = [w for job in jobs for w in job.writes]
-        if not writes:
-            return [None] * len(jobs)
-        try:
-            self._store.write(writes)
-        except Exception as exc:
-            if len(jobs) == 1:
-                return [exc]
-            logger.warning("batch of %d jobs failed (%s), retrying one by one", len(jobs), exc)
-        else:
-            return [None] * len(jobs)
-        results: list[Exception | None] = []
-        for job in jobs:
-            if not job.writes:
-                results.append(None)  # flush() markers have nothing to retry
-                continue
-            try:
-                self._store.write(job.writes)
-            except Exception as exc:
-                results.append(exc)
-            else:
-                results.append(None)
-        return results
 
     def submit_nowait(self, writes: Sequence[Write], on_done: DoneCallback) -> None:
         """Queue ``writes`` to be committed atomically, then ``on_done`` to be called.
@@ -150,9 +126,9 @@ class StoreWriter:
         if self._closed:
             raise trio.ClosedResourceError("the store writer is closed")
         for item in writes:
-            if not isinstance(item, _WRITE_TYPES):
+            if not isinstance(item, self.write_types):
                 raise TypeError(f"not a store write: {item!r}")
-        self._queue.append(_Job(tuple(writes), on_done))
+        self._queue.append(Job(tuple(writes), on_done))
         self._queued.set()
         if len(self._queue) >= self._queue_size and self._room.is_set():
             self._room = trio.Event()
@@ -212,6 +188,67 @@ class StoreWriter:
         await self.submit((), lambda _exc: done.set())
         await done.wait()
 
+    async def aclose(self) -> None:
+        """Stop accepting jobs, commit everything queued, stop ``run`` and close the Store.
+
+        Idempotent. Drains the queue itself if ``run`` is not running. If cancelled
+        while waiting for the drain, it still closes the Store. Any jobs a running
+        ``run`` has not committed by then fail with StoreError through their
+        callbacks.
+        """
+        # From here submit() raises ClosedResourceError; run() returns once the queue
+        # is empty.
+        self._closed = True
+        self._queued.set()
+        self._room.set()
+        try:
+            async with self._serve_lock:
+                await self._serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_store()
+
+
+class StoreWriter(OrderedWriter):
+    """Serialises all writes to the SQLite store through one task that group-commits them."""
+
+    def __init__(self, store: Store, *, queue_size: int = 4096) -> None:
+        super().__init__(queue_size=queue_size)
+        self._store = store
+        # A private thread slot for commits. Reads use the default limiter, so a
+        # burst of slow reads cannot delay a commit waiting for a thread.
+        self._write_limiter = trio.CapacityLimiter(1)
+
+    async def _commit_batch(self, jobs: list[Job]) -> list[Exception | None]:
+        return await trio.to_thread.run_sync(self._commit_jobs, jobs, abandon_on_cancel=False,
+                                             limiter=self._write_limiter)
+
+    def _commit_jobs(self, jobs: list[Job]) -> list[Exception | None]:
+        # Runs in the worker thread. One thread hop per batch, retries included.
+        writes = [w for job in jobs for w in job.writes]
+        if not writes:
+            return [None] * len(jobs)
+        try:
+            self._store.write(writes)
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [exc]
+            logger.warning("batch of %d jobs failed (%s), retrying one by one", len(jobs), exc)
+        else:
+            return [None] * len(jobs)
+        results: list[Exception | None] = []
+        for job in jobs:
+            if not job.writes:
+                results.append(None)  # flush() markers have nothing to retry
+                continue
+            try:
+                self._store.write(job.writes)
+            except Exception as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
     async def read_log(
         self,
         room: str,
@@ -246,22 +283,5 @@ class StoreWriter:
         """
         return await trio.to_thread.run_sync(self._store.load_rooms, abandon_on_cancel=True)
 
-    async def aclose(self) -> None:
-        """Stop accepting jobs, commit everything queued, stop ``run`` and close the Store.
-
-        Idempotent. Drains the queue itself if ``run`` is not running. If cancelled
-        while waiting for the drain, it still closes the Store. Any jobs a running
-        ``run`` has not committed by then fail with StoreError through their
-        callbacks.
-        """
-        # From here submit() raises ClosedResourceError; run() returns once the queue
-        # is empty.
-        self._closed = True
-        self._queued.set()
-        self._room.set()
-        try:
-            async with self._serve_lock:
-                await self._serve()
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._store.close)
+    async def _close_store(self) -> None:
+        await trio.to_thread.run_sync(self._store.close)

@@ -1,0 +1,1 @@
+"""Several daemons, one set of rooms, on Redis (``roomctl serve --redis URL``)."""
