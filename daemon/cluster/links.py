@@ -41,6 +41,9 @@ from daemon.cluster.redis import UNREACHABLE, retry_delay
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 1.0
+_NO_ANSWER: tuple[type[BaseException], ...] = (trio.TooSlowError, *UNREACHABLE)
+_LOST: tuple[type[Exception], ...] = (coredis.exceptions.ConnectionError,
+                                      *(e for e in UNREACHABLE if issubclass(e, Exception)))
 MAX_QUEUED = 100_000
 MAX_BATCH = 512  # messages in one publish
 
@@ -191,7 +194,7 @@ class Links:
                     with trio.fail_after(5):
                         await self._redis.publish(channel, _encode(batch))
                     self.batches_sent += 1
-                except (trio.TooSlowError, *UNREACHABLE) as exc:
+                except _NO_ANSWER as exc:
                     if messages:
                         log.warning("link to node %s lost %d messages: %s", node,
                                     len(messages), exc or type(exc).__name__)
@@ -234,7 +237,7 @@ class Links:
                         message = await pubsub.get_message(timeout=HEARTBEAT)
                         if message is not None and message.get("type") == "message":
                             self._received(message["data"])
-            except* (coredis.exceptions.ConnectionError, *UNREACHABLE) as group:
+            except* _LOST as group:
                 log.warning("subscription to this node's inbox lost (%s); resubscribing",
                             _first(group))
             self.connected = False
