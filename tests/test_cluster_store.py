@@ -163,3 +163,29 @@ async def test_a_redis_that_does_not_fsync_every_write_is_refused(tmp_path: path
         async with redis:
             with pytest.raises(RedisSetupError, match="appendonly no"):
                 await check_durability(redis, none.url, relaxed=False)
+
+
+async def test_one_owner_at_a_time_and_a_lost_lease_is_reported(
+        redis_server: RedisServer) -> None:
+    from daemon.cluster.ownership import Ownership
+
+    lost: list[str] = []
+    async with client(redis_server.url) as redis_a, client(redis_server.url) as redis_b:
+        a = Ownership(redis_a, "a", ttl=0.6)
+        b = Ownership(redis_b, "b", ttl=0.6)
+        assert await a.claim("ops") is None and a.owner_of("ops") == "a 1"
+        assert await b.claim("ops") == "a" and b.owner_of("ops") is None
+        assert await b.holder("ops") == "a"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run, lost.append)
+            await trio.sleep(1.5)  # renewed twice over: still a's
+            assert await b.claim("ops") == "a" and lost == []
+            # Someone takes the lease from under a (as after a pause past its expiry).
+            redis_server.cli("SET", RoomKeys("ops").lease, "b 9", "PX", "5000")
+            with trio.fail_after(3):
+                while not lost:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert lost == ["ops"] and a.owner_of("ops") is None
+        await b.release("ops")  # b never owned it: nothing happens
+        assert await a.holder("ops") == "b"
