@@ -756,7 +756,9 @@ async def _serve(
         daemon = Daemon(config, apps, handlers, writer, admin_token)
         listening = False
         try:
-            daemon.apply_now(daemon.engine.restore(await writer.load_rooms(), daemon.now()))
+            now = daemon.now()
+            stored = await writer.load_rooms(keys_since=now - daemon.engine.key_window)
+            daemon.apply_now(daemon.engine.restore(stored, now))
             limits = FrontLimits(max_head_bytes=config.max_head_bytes,
                                  head_timeout=config.head_timeout,
                                  max_message_size=config.max_frame_bytes)

@@ -10,6 +10,7 @@ import msgspec
 
 from protocol.limits import (
     DisplayName,
+    IdempotencyKey,
     MaxParticipants,
     MessageText,
     PageLimit,
@@ -67,9 +68,15 @@ class SetStatus(Request, tag="set-status", frozen=True, kw_only=True):
 
 
 class SendMessage(Request, tag="send-message", frozen=True, kw_only=True):
-    """Post a message; the ``ok`` carries its ``seq`` and is sent only once it is on disk."""
+    """Post a message; the ``ok`` carries its ``seq`` and is sent only once it is on disk.
+
+    ``key`` (new in v1, optional) makes a retry safe: a second ``send-message`` with the
+    same key in the same room within ``IDEMPOTENCY_WINDOW`` stores nothing and is answered
+    with the first one's ``seq``.
+    """
 
     text: MessageText
+    key: IdempotencyKey | None = None
 
 
 class GetMessages(Request, tag="get-messages", frozen=True, kw_only=True):

@@ -29,6 +29,8 @@ MAX_CANDIDATE = 1024
 MAX_TOKEN_TTL = 366 * 24 * 3600  # seconds a join token may live
 MAX_SHORT_TEXT = 256
 MAX_IDENTITY = 128
+MAX_IDEMPOTENCY_KEY = 128
+IDEMPOTENCY_WINDOW = 24 * 3600  # seconds a post's key is remembered (at the least)
 
 RoomName = Annotated[str, Meta(pattern=ROOM_NAME_PATTERN, description=ROOM_NAME_RULE)]
 AppName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
@@ -48,3 +50,4 @@ CandidateLine = Annotated[str, Meta(max_length=MAX_CANDIDATE)]
 TokenTtl = Annotated[float, Meta(gt=0, le=MAX_TOKEN_TTL)]
 ShortText = Annotated[str, Meta(max_length=MAX_SHORT_TEXT)]
 Identity = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTITY)]
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)]

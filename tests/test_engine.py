@@ -36,7 +36,7 @@ from daemon.core.effects import (
     StartTimer,
 )
 from daemon.core.engine import Engine
-from daemon.core.records import AppendLog, LogEntry, PutRoom, StoredRoom
+from daemon.core.records import AppendLog, KeyUse, LogEntry, PutRoom, StoredRoom
 from daemon.core.records import DeleteRoom as DeleteRoomRecord
 from protocol import CloseCode, ErrorCode, Grant, Request
 from protocol import admin as adm
@@ -132,8 +132,9 @@ def chat_room(name: str = ROOM, *, participants: int, created_at: float = T0,
 
 
 def error(conn: int, code: ErrorCode, ref: str | None = None, message: Any = ANY,
-          grant: Any = ANY) -> Send:
-    return Send((conn,), Error(ref=ref, code=code, message=message, grant=grant))
+          grant: Any = ANY, retry_after: Any = ANY) -> Send:
+    return Send((conn,), Error(ref=ref, code=code, message=message, grant=grant,
+                               retry_after=retry_after))
 
 
 def only_persist(effects: list[Effect]) -> Persist:
@@ -830,6 +831,55 @@ def test_send_message_is_acknowledged_and_broadcast_only_after_commit(pair: Engi
         Send((ALICE, BOB), MessagePosted(message=hi)),
     ]
     assert pair.rooms[ROOM].last_seq == 2
+
+
+def test_a_post_with_a_used_key_is_answered_with_the_first_seq_and_stores_nothing(
+        pair: Engine) -> None:
+    first = pair.request(ALICE, SendMessage(text="deploy", key="ci-42", ref="m1"), T0 + 5)
+    hello = message(1, T0 + 5, "s1", "alice", "deploy")
+    assert only_persist(first).writes == (
+        AppendLog(room=ROOM, seq=1, at=T0 + 5, body=msgspec.msgpack.encode(hello),
+                  key="ci-42"),
+    )
+    commit(first[0])
+
+    # The retry (a lost ok, a reconnect) and any later post with the key: the first seq.
+    retry = pair.request(ALICE, SendMessage(text="deploy", key="ci-42", ref="m2"), T0 + 6)
+    assert retry == [Send((ALICE,), Ok(ref="m2", seq=1))]
+    other = pair.request(BOB, SendMessage(text="deploy", key="ci-42", ref="b"), T0 + 7)
+    assert other == [Send((BOB,), Ok(ref="b", seq=1))]
+    # A new key is a new message; the key of another room means nothing here.
+    assert only_persist(pair.request(ALICE, SendMessage(text="x", key="ci-43"), T0 + 8))
+
+
+def test_a_retry_while_the_first_post_is_on_its_way_waits_for_its_commit(
+        pair: Engine) -> None:
+    first = pair.request(ALICE, SendMessage(text="deploy", key="k", ref="m1"), T0 + 5)
+    retry = pair.request(ALICE, SendMessage(text="deploy", key="k", ref="m2"), T0 + 6)
+    assert only_persist(retry).writes == ()  # nothing to store: it just waits its turn
+
+    commit(first[0])
+    assert commit(retry[0]) == [Send((ALICE,), Ok(ref="m2", seq=1))]
+
+    failing = pair.request(ALICE, SendMessage(text="lost", key="k2", ref="m3"), T0 + 7)
+    waiting = pair.request(ALICE, SendMessage(text="lost", key="k2", ref="m4"), T0 + 8)
+    fail(failing[0])
+    assert commit(waiting[0]) == [error(ALICE, ErrorCode.UNAVAILABLE, "m4")]
+    # The key is free again: the next try stores the message.
+    assert only_persist(pair.request(ALICE, SendMessage(text="lost", key="k2"), T0 + 9))
+
+
+def test_keys_come_back_with_the_room_and_expire_after_the_window() -> None:
+    engine = make_engine(key_window=100.0)
+    engine.restore([StoredRoom(name=ROOM, app="chat", created_at=T0, meta=b"{}", last_seq=7,
+                               keys=[KeyUse("old", 3, T0), KeyUse("new", 7, T0 + 90)])], T0)
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0 + 100)
+
+    assert engine.request(ALICE, SendMessage(text="x", key="new", ref="a"), T0 + 101) == [
+        Send((ALICE,), Ok(ref="a", seq=7))]
+    # Committing a later key drops those older than the window before it.
+    commit(only_persist(engine.request(ALICE, SendMessage(text="y", key="later"), T0 + 150)))
+    assert list(engine.rooms[ROOM].keys) == ["new", "later"]
 
 
 def test_send_message_without_ref_gets_no_ok(pair: Engine) -> None:

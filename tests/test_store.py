@@ -19,6 +19,7 @@ import trio
 from daemon.store import (
     AppendLog,
     DeleteRoom,
+    KeyUse,
     LogEntry,
     PutRoom,
     Store,
@@ -224,7 +225,7 @@ def test_file_layout_and_schema(db_path: pathlib.Path) -> None:
     assert db_path.stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
@@ -236,6 +237,9 @@ _OLD_ROOMS = {
        "created_at REAL NOT NULL, meta BLOB NOT NULL)",
     2: "CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
        "created_at REAL NOT NULL, meta BLOB NOT NULL, private INTEGER NOT NULL DEFAULT 0)",
+    3: "CREATE TABLE rooms (name TEXT PRIMARY KEY NOT NULL, app TEXT NOT NULL, "
+       "created_at REAL NOT NULL, meta BLOB NOT NULL, private INTEGER NOT NULL DEFAULT 0, "
+       "implicit INTEGER NOT NULL DEFAULT 0)",
 }
 
 
@@ -288,9 +292,29 @@ def test_a_version_2_database_is_migrated_and_its_rooms_stay_kept(
         store.close()
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     finally:
         conn.close()
+
+
+def test_a_version_3_database_gains_idempotency_keys(db_path: pathlib.Path) -> None:
+    old_database(db_path, 3, "INSERT INTO rooms VALUES ('r', 'chat', 1.0, x'7b7d', 0, 0)",
+                 "INSERT INTO log VALUES ('r', 1, 2.0, x'00')")
+    store = Store.open(db_path)
+    try:
+        store.write([AppendLog(room="r", seq=2, at=100.0, body=b"m", key="k-2")])
+        store.write([AppendLog(room="r", seq=3, at=200.0, body=b"m", key="k-3")])
+        [loaded] = store.load_rooms(keys_since=150.0)
+        assert loaded.last_seq == 3 and loaded.keys == [KeyUse("k-3", 3, 200.0)]
+        # A key is used once per room: a second append with it fails the batch.
+        with pytest.raises(StoreError):
+            store.write([AppendLog(room="r", seq=4, at=300.0, body=b"m", key="k-3")])
+        assert store.forget_keys(150.0) == 1
+        assert [r.keys for r in store.load_rooms()] == [[KeyUse("k-3", 3, 200.0)]]
+        store.write([DeleteRoom(name="r")])
+        assert store.load_rooms() == []
+    finally:
+        store.close()
 
 
 def test_the_implicit_flag_survives_reopen_and_an_upsert_can_clear_it(

@@ -112,6 +112,8 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
                                 f"the message is {len(request.text)} characters; this daemon "
                                 f"accepts at most {self.max_text}")
         assert ctx.session is not None
+        if request.key is not None and self._replay(ctx, request.key):
+            return
         sender: ChatParticipantMeta = ctx.session_meta
         message = ChatMessage(
             seq=ctx.allocate_seq(),
@@ -133,7 +135,34 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
             after.ok(seq=message.seq)
             after.broadcast(MessagePosted(message=message))
 
-        ctx.persist(ctx.log_entry(message.seq, _encode_message(message)), then=posted)
+        ctx.persist(ctx.log_entry(message.seq, _encode_message(message), key=request.key),
+                    then=posted)
+
+    @staticmethod
+    def _replay(ctx: Context, key: str) -> bool:
+        """Answer a post whose idempotency key was used before; return whether it was.
+
+        A committed key gets the first post's seq at once; a key whose first post is still
+        on its way to the store gets it once that commits (or ``unavailable`` if it failed).
+        Nothing is stored or broadcast again.
+        """
+        known = ctx.seq_for_key(key)
+        if known is None:
+            return False
+        seq, committed = known
+        if committed:
+            ctx.ok(seq=seq)
+            return True
+
+        def settled(after: Context) -> None:
+            if after.seq_for_key(key) == (seq, True):
+                after.ok(seq=seq)
+            else:
+                after.error(ErrorCode.UNAVAILABLE, "the first post with this key was not "
+                            "stored; send it again", retry_after=0.1)
+
+        ctx.persist(then=settled)  # no write: runs in order, after the first post's commit
+        return True
 
     @handles(GetMessages)
     def get_messages(self, ctx: Context, request: GetMessages) -> None:

@@ -48,10 +48,11 @@ local seq = tonumber(ARGV[2])
 if seq ~= last + 1 then return redis.error_reply('SEQ ' .. last) end
 redis.call('SET', KEYS[2], seq)
 redis.call('XADD', KEYS[3], seq .. '-0', 'at', ARGV[3], 'body', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[5], seq .. ' ' .. ARGV[3]) end
 redis.call('PUBLISH', KEYS[4], ARGV[2])
 return seq
 """
-"""KEYS lease, seq, log, events; ARGV owner, seq, at, body -> seq.
+"""KEYS lease, seq, log, events, keys; ARGV owner, seq, at, body, key ('' for none) -> seq.
 
 The next seq is the last committed one plus one, or the append is refused: seqs have no
 gap and no duplicate whatever fails around them."""

@@ -30,6 +30,7 @@ from daemon.core.records import (
     AppendLog,
     DeleteRoom,
     DropSession,
+    KeyUse,
     LogEntry,
     PutRoom,
     StoredRoom,
@@ -139,8 +140,9 @@ class RedisWriter(OrderedWriter):
         keys = RoomKeys(_room_of(write))
         if isinstance(write, AppendLog):
             return self._scripts["APPEND"](
-                keys=[keys.lease, keys.seq, keys.log, keys.events],
-                args=[owner, write.seq, repr(write.at), write.body], client=pipe)
+                keys=[keys.lease, keys.seq, keys.log, keys.events, keys.keys],
+                args=[owner, write.seq, repr(write.at), write.body, write.key or ""],
+                client=pipe)
         if isinstance(write, PutRoom):
             pipe.sadd(ROOM_INDEX, [write.name])
             return self._scripts["PUT_ROOM"](
@@ -190,27 +192,41 @@ class RedisWriter(OrderedWriter):
             raise Unreachable(f"Redis: {exc or type(exc).__name__}") from None
         return [_entry(e) for e in entries]
 
-    async def load_rooms(self) -> list[StoredRoom]:
+    async def load_rooms(self, keys_since: float = 0.0) -> list[StoredRoom]:
         """Nothing at start: a node loads a room when it claims it (``load_room``)."""
         return []
 
-    async def load_room(self, name: str) -> tuple[StoredRoom | None, list[StoredSession]]:
-        """Return room ``name`` as Redis holds it, and its sessions; None for no such room."""
+    async def load_room(self, name: str, keys_since: float = 0.0
+                        ) -> tuple[StoredRoom | None, list[StoredSession]]:
+        """Return room ``name`` as Redis holds it (with its idempotency keys used since
+        ``keys_since``, older ones forgotten), and its sessions; None for no such room."""
         keys = RoomKeys(name)
         with trio.fail_after(self._timeout):
             async with self._redis.pipeline(transaction=False) as pipe:
                 record_call = pipe.hgetall(keys.room)
                 seq_call = pipe.get(keys.seq)
                 sessions_call = pipe.hgetall(keys.sessions)
+                keys_call = pipe.hgetall(keys.keys)
             record: dict[bytes, bytes] = await record_call
             seq = await seq_call
             stored: dict[bytes, bytes] = await sessions_call
+            used: dict[bytes, bytes] = await keys_call
+            uses, stale = [], []
+            for key, value in used.items():
+                seq_text, _, at_text = value.decode().partition(" ")
+                if float(at_text) < keys_since:
+                    stale.append(key)
+                else:
+                    uses.append(KeyUse(key.decode(), int(seq_text), float(at_text)))
+            if stale:
+                await self._redis.hdel(keys.keys, stale)
         if not record:
             return None, []
         room = StoredRoom(
             name=name, app=record[b"app"].decode(), created_at=float(record[b"created_at"]),
             meta=record[b"meta"], last_seq=int(seq or 0),
-            private=record.get(b"private") == b"1", implicit=record.get(b"implicit") == b"1")
+            private=record.get(b"private") == b"1", implicit=record.get(b"implicit") == b"1",
+            keys=sorted(uses, key=lambda use: use.at))
         return room, [_decode_session(value) for value in stored.values()]
 
     async def list_rooms(self) -> list[StoredRoom]:

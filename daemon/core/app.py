@@ -204,8 +204,21 @@ class Context:
         self.room.next_seq += 1
         return self.room.next_seq
 
-    def log_entry(self, seq: int, body: bytes) -> AppendLog:
-        return AppendLog(room=self.room.name, seq=seq, at=self.now, body=body)
+    def log_entry(self, seq: int, body: bytes, *, key: str | None = None) -> AppendLog:
+        """Return the write that appends ``body`` as ``seq``; with the client's idempotency
+        ``key``, the key is remembered with it (see ``seq_for_key``)."""
+        if key is not None:
+            self.room.pending_keys[key] = seq
+        return AppendLog(room=self.room.name, seq=seq, at=self.now, body=body, key=key)
+
+    def seq_for_key(self, key: str) -> tuple[int, bool] | None:
+        """Return the seq a post with idempotency ``key`` got in this room, and whether it
+        is committed (False: still on its way to the store); None for a new key."""
+        committed = self.room.keys.get(key)
+        if committed is not None:
+            return committed[0], True
+        pending = self.room.pending_keys.get(key)
+        return None if pending is None else (pending, False)
 
     def persist(
         self,
@@ -218,12 +231,17 @@ class Context:
         If the commit fails, ``undo`` (if given) reverts what the handler changed in memory
         and the requester gets an ``internal`` error instead.
         """
-        log_seqs = [w.seq for w in writes if isinstance(w, AppendLog)]
+        appends = [w for w in writes if isinstance(w, AppendLog)]
+        log_seqs = [w.seq for w in appends]
         room = self.room
+        window = self.engine.key_window
 
         def on_commit(now: float) -> list[Effect]:
             if log_seqs:
                 room.last_seq = max(room.last_seq, *log_seqs)
+            for write in appends:
+                if write.key is not None:
+                    room.remember_key(write.key, write.seq, write.at, window=window)
             if then is None:
                 return []
             ctx = self._later(now)
@@ -233,6 +251,9 @@ class Context:
         def on_failure(exc: BaseException, now: float) -> list[Effect]:
             if undo is not None:
                 undo()
+            for write in appends:
+                if write.key is not None and room.pending_keys.get(write.key) == write.seq:
+                    del room.pending_keys[write.key]
             # A store may say which seq it holds last (several nodes: an append refused
             # because an earlier one failed); later appends continue from there.
             committed = getattr(exc, "committed_seq", None)

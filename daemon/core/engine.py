@@ -77,6 +77,7 @@ from daemon.core.routes import Route, handles, routes_of
 from daemon.core.state import Room, Session, SessionState
 from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, Grant, ProtocolError, Request
 from protocol import admin as adm
+from protocol.limits import IDEMPOTENCY_WINDOW
 from protocol.messages import (
     AddPeer,
     ConnectionLimits,
@@ -163,6 +164,7 @@ class Engine:
         empty_timeout: float = DEFAULT_EMPTY_TIMEOUT,
         limits: ConnectionLimits | None = None,
         sign_token: TokenSigner | None = None,
+        key_window: float = IDEMPOTENCY_WINDOW,
     ) -> None:
         if not apps:
             raise ValueError("the engine needs at least one app")
@@ -179,6 +181,7 @@ class Engine:
         self.max_participants = max_participants  # per room, hidden observers not counted
         self.empty_timeout = empty_timeout  # math.inf: implicit rooms are kept too
         self.limits = limits  # what a welcome tells a connection it may do
+        self.key_window = key_window  # seconds an idempotency key is remembered
         self.server = server
         self._sign_token = sign_token
         self._new_id = new_id or (lambda: secrets.token_hex(6))
@@ -220,6 +223,7 @@ class Engine:
                 last_seq=rec.last_seq,
                 next_seq=rec.last_seq,
                 implicit=rec.implicit,
+                keys={use.key: (use.seq, use.at) for use in rec.keys},
             )
             effects += self._vacated(room, now)
         return effects
@@ -239,7 +243,8 @@ class Engine:
         room = self.rooms[record.name] = Room(
             name=record.name, app=app, created_at=record.created_at,
             meta=app.decode_room_meta(record.meta), private=record.private,
-            last_seq=record.last_seq, next_seq=record.last_seq, implicit=record.implicit)
+            last_seq=record.last_seq, next_seq=record.last_seq, implicit=record.implicit,
+            keys={use.key: (use.seq, use.at) for use in record.keys})
         effects: list[Effect] = []
         for stored in sessions:
             session = Session(

@@ -28,12 +28,17 @@ class DeleteRoom(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AppendLog(msgspec.Struct, frozen=True, kw_only=True):
-    """Append one entry to a room's log. A duplicate (room, seq) fails the batch."""
+    """Append one entry to a room's log. A duplicate (room, seq) fails the batch.
+
+    With ``key`` (a client's idempotency key) the store also remembers, in the same
+    transaction, that the key got this seq.
+    """
 
     room: str
     seq: int
     at: float
     body: bytes
+    key: str | None = None
 
 
 class StoredSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,8 +76,19 @@ class DropSession(msgspec.Struct, frozen=True, kw_only=True):
 Write: TypeAlias = PutRoom | DeleteRoom | AppendLog | StoredSession | DropSession
 
 
+class KeyUse(msgspec.Struct, frozen=True, array_like=True):
+    """An idempotency key a post used: the seq it got, and when."""
+
+    key: str
+    seq: int
+    at: float
+
+
 class StoredRoom(msgspec.Struct, frozen=True, kw_only=True):
-    """A room as loaded from disk; ``last_seq`` is its highest log seq (0 if empty)."""
+    """A room as loaded from disk; ``last_seq`` is its highest log seq (0 if empty).
+
+    ``keys``: the idempotency keys its posts used within the window, oldest first.
+    """
 
     name: str
     app: str
@@ -81,6 +97,7 @@ class StoredRoom(msgspec.Struct, frozen=True, kw_only=True):
     last_seq: int
     private: bool = False
     implicit: bool = False
+    keys: list[KeyUse] = []
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -64,6 +64,19 @@ class Room:
     # Made by a hello rather than create-room; cleared for good by a change to its
     # metadata (a topic, a pin) or by create-room with if_missing.
     implicit: bool = False
+    # Idempotency keys of posts: committed (key -> seq, at; oldest first, kept for the
+    # window), and allocated but not yet committed (key -> seq).
+    keys: dict[str, tuple[int, float]] = field(default_factory=dict)
+    pending_keys: dict[str, int] = field(default_factory=dict)
+
+    def remember_key(self, key: str, seq: int, at: float, *, window: float) -> None:
+        """Note that ``key`` got ``seq``; forget keys older than ``window`` seconds."""
+        self.pending_keys.pop(key, None)
+        self.keys[key] = (seq, at)
+        for old, (_, used) in list(self.keys.items()):
+            if used >= at - window:
+                break
+            del self.keys[old]
 
     @property
     def expirable(self) -> bool:

@@ -40,18 +40,37 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from daemon.core.records import AppendLog, DeleteRoom, LogEntry, PutRoom, StoredRoom, Write
+from daemon.core.records import (
+    AppendLog,
+    DeleteRoom,
+    KeyUse,
+    LogEntry,
+    PutRoom,
+    StoredRoom,
+    Write,
+)
 
 __all__ = ["Store", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-# 1: rooms and log; 2: rooms.private (join tokens); 3: rooms.implicit (empty-room expiry).
-SCHEMA_VERSION = 3
+# 1: rooms and log; 2: rooms.private (join tokens); 3: rooms.implicit (empty-room expiry);
+# 4: keys (idempotency keys of posts).
+SCHEMA_VERSION = 4
 
 # Long enough to ride out another process (e.g. a backup tool) holding the write lock
 # briefly. Short enough that a wedged database surfaces as an error, not a hang.
 _BUSY_TIMEOUT_MS = 5000
+
+_KEYS_TABLE = """
+    CREATE TABLE IF NOT EXISTS keys (
+        room TEXT NOT NULL,
+        key  TEXT NOT NULL,
+        seq  INTEGER NOT NULL,
+        at   REAL NOT NULL,
+        PRIMARY KEY (room, key)
+    ) WITHOUT ROWID
+"""
 
 _SCHEMA = (
     """
@@ -75,6 +94,7 @@ _SCHEMA = (
         PRIMARY KEY (room, seq)
     ) WITHOUT ROWID
     """,
+    _KEYS_TABLE,
 )
 
 # What each version adds to the one before it; an older database runs the steps it lacks,
@@ -83,6 +103,8 @@ _SCHEMA = (
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0",),
     3: ("ALTER TABLE rooms ADD COLUMN implicit INTEGER NOT NULL DEFAULT 0",),
+    # Idempotency keys of posts (send-message key, the HTTP Idempotency-Key header).
+    4: (_KEYS_TABLE,),
 }
 
 
@@ -203,6 +225,9 @@ def _apply(cur: sqlite3.Cursor, write: Write) -> None:
             "INSERT INTO log (room, seq, at, body) VALUES (?, ?, ?, ?)",
             (write.room, write.seq, write.at, write.body),
         )
+        if write.key is not None:
+            cur.execute("INSERT INTO keys (room, key, seq, at) VALUES (?, ?, ?, ?)",
+                        (write.room, write.key, write.seq, write.at))
     elif isinstance(write, PutRoom):
         # A true upsert, not INSERT OR REPLACE. REPLACE deletes the old row first,
         # which would also fire any future ON DELETE cascade on the room's log.
@@ -217,6 +242,7 @@ def _apply(cur: sqlite3.Cursor, write: Write) -> None:
         )
     elif isinstance(write, DeleteRoom):
         cur.execute("DELETE FROM log WHERE room = ?", (write.name,))
+        cur.execute("DELETE FROM keys WHERE room = ?", (write.name,))
         cur.execute("DELETE FROM rooms WHERE name = ?", (write.name,))
     else:
         raise TypeError(f"not a store write: {write!r}")
@@ -305,11 +331,12 @@ class Store:
         if self._closed:
             raise StoreError("store is closed")
 
-    def load_rooms(self) -> list[StoredRoom]:
+    def load_rooms(self, keys_since: float = 0.0) -> list[StoredRoom]:
         """Load every stored room.
 
         Returns:
-            All rooms ordered by name, each with the highest seq in its log.
+            All rooms ordered by name, each with the highest seq in its log and the
+            idempotency keys used since ``keys_since`` (Unix seconds), oldest first.
 
         Raises:
             StoreError: the store is closed or the query failed.
@@ -322,13 +349,32 @@ class Store:
                     "COALESCE((SELECT MAX(l.seq) FROM log AS l WHERE l.room = r.name), 0), "
                     "r.private, r.implicit FROM rooms AS r ORDER BY r.name"
                 ).fetchall()
+                key_rows = self._reader.execute(
+                    "SELECT room, key, seq, at FROM keys WHERE at >= ? ORDER BY at",
+                    (keys_since,)).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot load rooms: {exc}") from exc
+        keys: dict[str, list[KeyUse]] = {}
+        for room, key, seq, at in key_rows:
+            keys.setdefault(room, []).append(KeyUse(key, seq, at))
         return [
             StoredRoom(name=name, app=app, created_at=created_at, meta=meta, last_seq=last,
-                       private=bool(private), implicit=bool(implicit))
+                       private=bool(private), implicit=bool(implicit), keys=keys.get(name, []))
             for name, app, created_at, meta, last, private, implicit in rows
         ]
+
+    def forget_keys(self, before: float) -> int:
+        """Delete the idempotency keys used before ``before`` (Unix seconds); return how many.
+
+        Raises:
+            StoreError: the store is closed or the delete failed.
+        """
+        with self._write_lock:
+            self._check_open()
+            try:
+                return self._writer.execute("DELETE FROM keys WHERE at < ?", (before,)).rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot forget old keys: {exc}") from exc
 
     def write(self, batch: Sequence[Write]) -> None:
         """Apply ``batch`` atomically, in order, in one transaction.

@@ -272,16 +272,21 @@ class StoreWriter(OrderedWriter):
         # Abandoning a read on cancellation is harmless: it has no side effects.
         return await trio.to_thread.run_sync(read, abandon_on_cancel=True)
 
-    async def load_rooms(self) -> list[StoredRoom]:
-        """Run ``Store.load_rooms`` in a worker thread.
+    async def load_rooms(self, keys_since: float = 0.0) -> list[StoredRoom]:
+        """Forget idempotency keys older than ``keys_since``; load every room (a thread).
 
         Returns:
-            All stored rooms ordered by name.
+            All stored rooms ordered by name, with their keys since ``keys_since``.
 
         Raises:
             StoreError: the store is closed or the query failed.
         """
-        return await trio.to_thread.run_sync(self._store.load_rooms, abandon_on_cancel=True)
+
+        def load() -> list[StoredRoom]:
+            self._store.forget_keys(keys_since)
+            return self._store.load_rooms(keys_since)
+
+        return await trio.to_thread.run_sync(load, abandon_on_cancel=True)
 
     async def _close_store(self) -> None:
         await trio.to_thread.run_sync(self._store.close)
