@@ -37,6 +37,10 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4011  # the outbound queue overflowed: the peer does not read fast enough
     SESSION_RESUMED = 4012  # the same session was resumed on another connection
     ROOM_FULL = 4013
+    # Several nodes: the room moved to another node, or the way to it broke. Reconnect
+    # (to any node) and resume the session with its resume token: nothing acknowledged
+    # was lost.
+    ROOM_MOVED = 4014
 
 
 class ProtocolError(Exception):
