@@ -28,7 +28,8 @@ def command_line() -> list[str]:
     Absolute, since systemd does not search a virtual environment's ``bin``.
     """
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is not None and script.name == "roomctl" and script.exists():
+    if (script is not None and script.name == "roomctl" and script.is_file()
+            and os.access(script, os.X_OK)):
         return [os.path.abspath(script)]
     # Not resolved: a virtual environment's python is a symlink that must stay one.
     return [os.path.abspath(sys.executable), "-m", "roomctl"]
