@@ -183,3 +183,21 @@ def test_a_daemon_runs_with_the_settings_of_its_file(
     log = sp.proc.stderr.read()
     assert " INFO daemon.server: listening on 127.0.0.1:" in log  # text, from the file
     assert "rooms in memory" in log
+
+
+def test_the_man_pages_full_example_is_a_file_the_daemon_takes(tmp_path: pathlib.Path) -> None:
+    from roomctl.serve import file_keys
+    from tests.test_man import CLI_PAGE, unescape
+
+    page = CLI_PAGE.read_text()
+    start = page.index('.\\" the example config file')
+    block = page[page.index(".EX\n", start) + 4:page.index("\n.EE", start)]
+    text = unescape(block)
+    config = write(tmp_path, text)
+    values = effective("--config", str(config))
+
+    # Every key is in it: set, or (a setting without a value) shown commented out.
+    for key in file_keys():
+        assert f"\n{key} = " in "\n" + text or f"\n# {key} = " in text, key
+    assert values["allowed_origins"] == ["https://chat.example.org"]
+    assert values["max_connections_per_address"] == 0

@@ -127,7 +127,7 @@ async def test_a_short_run_passes_and_counts_every_delivery(srv: Server) -> None
     assert report["connections"] == {"made": 16, "failed": 0, "planned": 16}
     messages = report["messages"]
     # 2 rooms of 2 posters at 20/s for 1 s (each starts within its first interval).
-    assert messages["sent"] == messages["acknowledged"] >= 2 * 2 * 19
+    assert messages["sent"] == messages["acknowledged"] >= 2 * 2 * 15
     assert messages["delivered"] == 3 * messages["acknowledged"]  # every watcher, each one
     assert (messages["lost"], messages["duplicated"], messages["out_of_order"]) == (0, 0, 0)
     relays = report["relays"]
