@@ -47,6 +47,19 @@ async def connect(srv: Server, room: str, path: str | None = None) -> AsyncItera
         yield Client(ws, binary=False)
 
 
+async def exceed_the_rate_limit(greedy: Client) -> int:
+    """Say hello, then send requests until the daemon closes; return the close code."""
+    await greedy.hello("greedy")
+    with trio.fail_after(WAIT):
+        for _ in range(20):
+            try:
+                await greedy.send({"type": "get-participants"})
+            except trio_websocket.ConnectionClosed:
+                break
+        _, code = await closing(greedy)
+    return code
+
+
 async def test_rooms_kicks_and_tokens_get_one_line_each_and_no_token_is_logged(
         make_config: Callable[..., daemon.Config], caplog: pytest.LogCaptureFixture) -> None:
     async with running_server(make_config()) as srv:
@@ -122,15 +135,7 @@ async def test_a_rate_limit_close_is_logged_with_its_room_and_peer(
     config = make_config(rate_limit=1.0, rate_burst=1, max_rate_limited=3)
     async with running_server(config) as srv:
         async with connect(srv, "busy") as greedy:
-            await greedy.hello("greedy")
-            with trio.fail_after(WAIT):
-                for _ in range(20):
-                    try:
-                        await greedy.send({"type": "get-participants"})
-                    except trio_websocket.ConnectionClosed:
-                        break
-                _, code = await closing(greedy)
-            assert code == 1008
+            assert await exceed_the_rate_limit(greedy) == 1008
 
     [closed] = events(caplog, "closed-rate-limit")
     assert closed.room == "busy" and closed.session == greedy.session_id
@@ -191,14 +196,7 @@ async def test_each_event_is_one_json_line_with_its_context(
             async with connect(srv, "ops") as mallory:
                 await mallory.hello("mallory", token="forged")
             async with connect(srv, "ops") as greedy:
-                await greedy.hello("greedy")
-                with trio.fail_after(WAIT):
-                    for _ in range(20):
-                        try:
-                            await greedy.send({"type": "get-participants"})
-                        except trio_websocket.ConnectionClosed:
-                            break
-                    await closing(greedy)
+                assert await exceed_the_rate_limit(greedy) == 1008
             assert await open_with_origin(srv, "http://evil.example") == 403
             await admin.request({"type": "delete-room", "room": "ops"})
 
