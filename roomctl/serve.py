@@ -213,14 +213,44 @@ def serve(ctx: typer.Context, **values: Any) -> None:
         print(dump(effective(config, logs), file_keys()), end="", flush=True)
         return
     if print_unit:
-        print(systemd_unit(command_line(), config_file=file, port=config.port,
-                           shutdown_timeout=config.shutdown_timeout), end="", flush=True)
+        print(systemd_unit(command_line(), given_options(ctx, config, logs), config_file=file,
+                           port=config.port, shutdown_timeout=config.shutdown_timeout),
+              end="", flush=True)
         return
     configure(logs["log_level"], logs["log_format"].lower(), sys.stderr)
     if rotate:
         _rotate(config.data_dir)
         return
     _run(config)
+
+
+def given_options(ctx: typer.Context, config: Config, logs: dict[str, str]) -> list[str]:
+    """Return the options given on the command line, spelled out again, as a service runs them.
+
+    Variables are not carried over: they belong to this shell, not to the service.
+    """
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    options: list[str] = []
+    for item, setting in settings():
+        if not given(item.name):
+            continue
+        option, value = option_name(item.name, setting), getattr(config, item.name)
+        if isinstance(value, bool):
+            on, _, off = (setting.flag or option).partition("/")
+            options += [on] if value else [off] if off else []
+        elif isinstance(value, tuple):
+            options += [part for entry in value for part in (option, entry)]
+        elif isinstance(value, Path):
+            options += [option, str(value.absolute())]
+        elif value is not None:
+            options += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    for name, value in logs.items():
+        if given(name):
+            options += ["--" + name.replace("_", "-"), value.lower()]
+    return options
 
 
 def effective(config: Config, logs: dict[str, str]) -> dict[str, Any]:

@@ -40,9 +40,9 @@ def _quote(argument: str) -> str:
     return shlex.quote(argument).replace("%", "%%")
 
 
-def systemd_unit(command: list[str], *, config_file: Path | None, port: int,
-                 shutdown_timeout: float) -> str:
-    """Return the text of ``roomctl.service`` running ``command serve``.
+def systemd_unit(command: list[str], options: list[str], *, config_file: Path | None,
+                 port: int, shutdown_timeout: float) -> str:
+    """Return the text of ``roomctl.service`` running ``command serve options``.
 
     ``config_file`` is passed on (``--config``) when given. A ``port`` under 1024 gets the
     one capability it needs; ``shutdown_timeout`` sizes the time systemd waits for a stop.
@@ -50,6 +50,7 @@ def systemd_unit(command: list[str], *, config_file: Path | None, port: int,
     exec_start = [*command, "serve"]
     if config_file is not None:
         exec_start += ["--config", str(config_file.absolute())]
+    exec_start += options
     # The daemon waits shutdown_timeout for clients, then as long again for the store.
     stop_seconds = math.ceil(2 * shutdown_timeout) + 10
     capabilities = "CAP_NET_BIND_SERVICE" if 0 < port < PRIVILEGED_PORTS else ""

@@ -141,8 +141,8 @@ def test_a_vanished_manager_does_not_stop_the_daemon(tmp_path: pathlib.Path) -> 
 # --- the unit ---------------------------------------------------------------------------------
 
 
-def printed_unit(*args: str) -> str:
-    result = run_cli("serve", *args, "--print-systemd-unit")
+def printed_unit(*args: str, env: dict[str, str] | None = None) -> str:
+    result = run_cli("serve", *args, "--print-systemd-unit", env=env)
     assert result.rc == 0, result.err
     return result.out
 
@@ -182,6 +182,20 @@ def test_a_privileged_port_gets_just_the_capability_to_bind_it() -> None:
     assert unit["CapabilityBoundingSet"] == unit["AmbientCapabilities"] == \
         ["CAP_NET_BIND_SERVICE"]
     assert unit["PrivateUsers"] == ["no"]
+    assert unit["ExecStart"][0].endswith(" serve --port 443")
+
+
+def test_options_given_are_passed_on_and_variables_are_not(tmp_path: pathlib.Path) -> None:
+    unit = directives(printed_unit(
+        "--host", "0.0.0.0", "--no-auto-create", "--memory", "--grace", "30",
+        "--allowed-origin", "https://a.example.org", "--allowed-origin", "https://b.example.org",
+        "--tls-cert", "cert.pem", "--tls-key", "/k.pem", "--log-level", "debug"))
+    [exec_start] = unit["ExecStart"]
+    assert exec_start.split(" serve ", 1)[1] == (
+        f"--host 0.0.0.0 --memory --grace 30 --no-auto-create --tls-cert "
+        f"{pathlib.Path.cwd() / 'cert.pem'} --tls-key /k.pem --allowed-origin "
+        "https://a.example.org --allowed-origin https://b.example.org --log-level debug")
+    assert "--max-text" not in printed_unit(env={"ROOMCTL_MAX_TEXT": "10"})
 
 
 def _systemd_analyze() -> str:
