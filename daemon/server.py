@@ -20,12 +20,18 @@ One connection's failure never reaches another: every handler catches at its bou
 logs once, and closes its own connection with a code that says why (1011 for our bugs).
 
 Logging (logger ``daemon.server``): one info line per event that changes what the
-daemon holds or whom it lets in: rooms created and removed (the engine's facts, see
-``daemon.effects``), kicks, join tokens issued (never a token itself), refused tokens and
-hellos, rate-limit, slow-consumer and keepalive closes, and a last "stopped" line; never a
-line per message. Lines that clients can cause at will go through a ``LogThrottle`` each.
-Every record carries its context in ``extra`` (``event``, and ``room``, ``session``,
-``peer``, ``conn`` where they apply), ready for a structured formatter.
+daemon holds or whom it lets in: start (addresses, data directory), rooms created and
+removed (the engine's facts, see ``daemon.effects``), kicks, join tokens issued (never a
+token itself), refused tokens and hellos, rate-limit, slow-consumer and keepalive closes,
+shutdown begun, and a last "stopped" line; never a line per message. Lines that clients
+can cause at will go through a ``LogThrottle`` each. Every record carries its context in
+``extra`` (``event``, and ``room``, ``session``, ``peer``, ``conn`` where they apply),
+which ``daemon.logs.JsonFormatter`` writes out as fields.
+
+Metrics (``daemon.metrics``): counters bumped where things happen, and three histograms
+observed here: acknowledgement latency (a request's frame read, ``received_at``, to its
+ok after the commit: ``_committed``), relay latency (read to written, for requests that
+need no store write: ``apply``) and store batch sizes (``_batch_done``).
 
 Queues, and what happens when each is full:
 * a connection's output (``wire.OutputStream``): over ``outbound_queue`` writes waiting
@@ -64,7 +70,7 @@ import msgspec
 import trio
 import trio_websocket
 
-from daemon import metrics
+from daemon import metrics, notify
 from daemon.apps.api import App
 from daemon.apps.chat import ChatApp
 from daemon.config import ADMIN_TOKEN_FILE, AdminTokenFile, Config, lock_data_dir
@@ -220,6 +226,15 @@ class Daemon:
         self._clock_offset = time.time() - trio.current_time()
         self.started_at = self.now()
         self.counters = metrics.new_counters()
+        self.histograms = metrics.new_histograms()
+        self.metrics = metrics.Metrics(metrics.DaemonCollector(
+            self.counters, self.histograms, self._gauges))
+        # When the frame being handled was read (trio clock), set by _receive and taken by
+        # apply: nothing awaits between the two, so no other connection's frame can come
+        # in between. None while effects come from a commit or a timer.
+        self.received_at: float | None = None
+        self._batch_size = 0  # jobs of the store batch whose callbacks are running
+        self.tcp_connections = 0  # open TCP connections, plain HTTP and WebSocket alike
         # One throttle per kind of line that clients can cause at will (daemon.logs).
         started = trio.current_time()
         self.refusals = LogThrottle(log, started)  # tokens, hellos, origins, addresses
@@ -245,24 +260,29 @@ class Daemon:
         The wait after them is the backpressure of a connection's requests on the store:
         its next frame is not read until the store has room.
         """
-        self.apply_now(effects)
+        received, self.received_at = self.received_at, None
+        self.apply_now(effects, received=received)
         await self.writer.wait_for_room()
 
-    def apply_now(self, effects: Sequence[Effect]) -> None:
+    def apply_now(self, effects: Sequence[Effect], *, received: float | None = None) -> None:
         """Apply effects in order, without waiting (callbacks and timers use this alone).
 
         Persists go to the store writer's one ordered queue (``submit_nowait``), so they
         commit in the order they were made, those made by commit callbacks included.
+        ``received``: when the frame that caused them was read, for the latency metrics.
         """
+        persisted = sent = False
         for effect in effects:
             if isinstance(effect, Send):
                 self._send(effect)
+                sent = True
             elif isinstance(effect, Close):
                 conn = self.connections.get(effect.conn)
                 if conn is not None:
                     conn.close(effect.code, effect.reason)
             elif isinstance(effect, Persist):
-                self.writer.submit_nowait(effect.writes, self._committed(effect))
+                self.writer.submit_nowait(effect.writes, self._committed(effect, received))
+                persisted = True
             elif isinstance(effect, Query):
                 self.nursery.start_soon(self._query, effect)
             elif isinstance(effect, StartTimer):
@@ -273,6 +293,8 @@ class Daemon:
                     scope.cancel()
             else:
                 self._note(effect)
+        if received is not None and sent and not persisted:
+            self.histograms["relay_latency_seconds"].observe(trio.current_time() - received)
 
     def _note(self, fact: Fact) -> None:
         """Log (and count) what the engine reports having done."""
@@ -313,15 +335,20 @@ class Daemon:
                                                     "peer": peer, "conn": fact.conn,
                                                     "code": str(fact.code)})
 
-    def _committed(self, effect: Persist) -> Any:
+    def _committed(self, effect: Persist, received: float | None) -> Any:
         def on_done(exc: BaseException | None) -> None:
             if self._corked is None:
                 self._corked = []
+            self._batch_size += 1
             if exc is None:
                 if effect.on_commit is not None:
                     self.apply_now(effect.on_commit(self.now()))
+                if received is not None:
+                    self.histograms["ack_latency_seconds"].observe(
+                        trio.current_time() - received)
             else:
-                log.error("store write failed: %s", exc)
+                self.counters["store_failures"] += 1
+                log.error("store write failed: %s", exc, extra={"event": "store-failed"})
                 if effect.on_failure is not None:
                     self.apply_now(effect.on_failure(exc, self.now()))
         return on_done
@@ -344,6 +371,9 @@ class Daemon:
         self.counters["frames_sent"] += len(effect.to)
 
     def _batch_done(self) -> None:
+        if self._batch_size:
+            self.histograms["store_batch_size"].observe(self._batch_size)
+            self._batch_size = 0
         corked, self._corked = self._corked, None
         for conn in corked or ():
             conn.out.uncork()
@@ -392,8 +422,8 @@ class Daemon:
                                "rooms": len(self.engine.room_infos()),
                                "connections": len(self.connections)})
         if request.path == "/metrics":
-            return HttpResponse(200, self._metrics().encode(),
-                                content_type="text/plain; version=0.0.4; charset=utf-8")
+            body, content_type = self.metrics.exposition(request.headers.get("accept", ""))
+            return HttpResponse(200, body, content_type=content_type)
         access = ACCESS_PATH.match(request.path)
         if access is not None:
             return self._room_access(request, access.group(1))
@@ -402,14 +432,24 @@ class Daemon:
                          headers=(("Upgrade", "websocket"),))
         return _json(404, {"error": "not found"})
 
-    def _metrics(self) -> str:
-        gauges = {
-            "rooms": len(self.engine.rooms),
-            "connections": len(self.connections),
-            "sessions": self.engine.session_count(),
-            "start_time_seconds": round(self.started_at, 3),
-        }
-        return metrics.exposition(self.counters, gauges)
+    def _gauges(self) -> metrics.Gauges:
+        admin = sum(1 for conn in self.connections.values() if conn.is_admin)
+        websockets = len(self.connections)
+        return metrics.Gauges(
+            rooms=len(self.engine.rooms),
+            participants=sum(room.visible_count() for room in self.engine.rooms.values()),
+            sessions=self.engine.session_count(),
+            connections={"room": websockets - admin, "admin": admin,
+                         "http": max(self.tcp_connections - websockets, 0)},
+            start_time_seconds=round(self.started_at, 3), version=VERSION)
+
+    def status(self) -> str:
+        """One line for the service manager: rooms, participants and connections now."""
+        rooms, connections = len(self.engine.rooms), len(self.connections)
+        participants = sum(room.visible_count() for room in self.engine.rooms.values())
+        return (f"{rooms} room{'s' * (rooms != 1)}, {participants} "
+                f"participant{'s' * (participants != 1)}, {connections} "
+                f"connection{'s' * (connections != 1)}")
 
     def _room_access(self, request: HttpRequest, room: str) -> HttpResponse:
         """Answer whether a hello to ``room`` would be let in with the request's token.
@@ -519,6 +559,7 @@ class Daemon:
         """Return the next valid frame; answers bad ones and closes after too many."""
         while True:
             data = await conn.ws.get_message()
+            self.received_at = trio.current_time()
             self.counters["frames_received"] += 1
             try:
                 return codec.decode(data)
@@ -688,6 +729,7 @@ async def serve(
     config: Config,
     apps: Sequence[App[Any, Any]] | None = None,
     *,
+    notifier: notify.Notifier | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until cancelled; ``task_status.started`` gets the bound (host, port).
@@ -696,9 +738,11 @@ async def serve(
     ``Nursery.start`` takes no keyword arguments for the task, so ``apps`` is positional).
     Without ``apps`` the built-in chat app is installed, with the config's text and name
     limits. On cancellation it stops accepting, closes every client with 1001, and flushes
-    the store before returning. Raises OSError when the address cannot be bound, the data
-    directory is unusable, or the TLS certificate or key cannot be used
-    (``daemon.tls.TlsSetupError``, whose message is one line).
+    the store before returning. With a ``notifier`` (``daemon.notify``, as ``roomctl
+    serve`` makes from NOTIFY_SOCKET) it tells systemd when it is ready, how it is doing
+    and when it stops; pass it with ``functools.partial``. Raises OSError when the address
+    cannot be bound, the data directory is unusable, or the TLS certificate or key cannot
+    be used (``daemon.tls.TlsSetupError``, whose message is one line).
     """
     if apps is None:
         from daemon.apps.loader import load_apps
@@ -715,7 +759,7 @@ async def serve(
     lock = None if config.memory else lock_data_dir(config.data_dir)
     try:
         store = await trio.to_thread.run_sync(Store.open, config.db_path)
-        await _serve(config, apps, store, admin_token, tls, task_status=task_status)
+        await _serve(config, apps, store, admin_token, tls, notifier, task_status=task_status)
     finally:
         if lock is not None:
             lock.close()
@@ -727,6 +771,7 @@ async def _serve(
     store: Store,
     admin_token: AdminTokenFile,
     tls: ssl.SSLContext | None,
+    notifier: notify.Notifier | None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]],
 ) -> None:
@@ -753,7 +798,13 @@ async def _serve(
     async with trio.open_nursery() as nursery:
         await nursery.start(run_writer)
         handlers: trio.Nursery = await nursery.start(run_handlers)
-        daemon = Daemon(config, apps, handlers, writer, admin_token)
+        try:
+            daemon = Daemon(config, apps, handlers, writer, admin_token)
+        except BaseException:
+            # The shielded tasks would otherwise keep this nursery open for ever.
+            handler_scope.cancel()
+            writer_scope.cancel()
+            raise
         listening = False
         try:
             now = daemon.now()
@@ -780,11 +831,13 @@ async def _serve(
                                             tls=tls is not None)
                     return
                 per_address[address] += 1
+                daemon.tcp_connections += 1
                 try:
                     await handle_connection(stream, on_http=daemon.on_http,
                                             on_websocket=daemon.on_websocket, limits=limits,
                                             peer=peer, tls=tls)
                 finally:
+                    daemon.tcp_connections -= 1
                     per_address[address] -= 1
                     if not per_address[address]:
                         del per_address[address]
@@ -792,16 +845,22 @@ async def _serve(
             if config.ping_interval > 0:
                 handlers.start_soon(daemon.keepalive)
             address = await nursery.start(serve_tcp, on_tcp, config.host, config.port, handlers)
-            log.info("listening on %s:%d%s; %s; admin token in %s", *address,
-                     " (TLS)" if tls is not None else "",
-                     "rooms in memory" if config.memory else f"rooms in {config.db_path}",
-                     config.data_dir / ADMIN_TOKEN_FILE)
+            await _log_started(config, address, tls is not None)
             task_status.started(address)
             listening = True
+            if notifier is not None:
+                notifier.ready(f"listening on {_address(address)}; {daemon.status()}")
+                handlers.start_soon(notify.keep_informed, notifier, daemon.status)
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
                 clients = len(daemon.connections)
+                if listening:
+                    log.info("shutting down: closing %d connection%s", clients,
+                             "s" * (clients != 1),
+                             extra={"event": "shutdown-begun", "clients": clients})
+                    if notifier is not None:
+                        notifier.stopping(f"shutting down: closing {clients} connections")
                 await daemon.shutdown()
                 handler_scope.cancel()  # timers, queries, idle HTTP keep-alives, keepalive
                 flushed = False
@@ -819,6 +878,24 @@ async def _serve(
                              extra={"event": "stopped", "clients": clients,
                                     "flushed": flushed})
             nursery.cancel_scope.cancel()
+
+
+async def _log_started(config: Config, address: tuple[str, int], tls: bool) -> None:
+    """Log the start: every address listened on, where rooms and the admin token are."""
+    host, port = address
+    try:
+        found = await trio.socket.getaddrinfo(host or None, port, type=trio.socket.SOCK_STREAM,
+                                              flags=trio.socket.AI_PASSIVE)
+        bound = list(dict.fromkeys(_address((str(info[4][0]), port)) for info in found))
+    except OSError:
+        bound = [_address(address)]
+    scheme = "https" if tls else "http"
+    store = "in memory" if config.memory else str(config.db_path)
+    log.info("listening on %s (%s); data directory %s; rooms %s; admin token in %s",
+             ", ".join(bound), scheme, config.data_dir, store,
+             config.data_dir / ADMIN_TOKEN_FILE,
+             extra={"event": "started", "addresses": bound, "scheme": scheme,
+                    "data_dir": str(config.data_dir), "store": store, "version": VERSION})
 
 
 __all__ = ["Config", "serve"]

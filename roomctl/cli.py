@@ -11,7 +11,18 @@ from typing import Annotated
 
 import typer
 
-from roomctl import __version__, join, output, participants, post, rooms, serve, tail, tokens
+from roomctl import (
+    __version__,
+    join,
+    loadtest,
+    output,
+    participants,
+    post,
+    rooms,
+    serve,
+    tail,
+    tokens,
+)
 from roomctl.client import ExitCode
 from roomctl.help import PlainTyper
 from roomctl.output import OutputClosed
@@ -61,6 +72,7 @@ app.command("who")(participants.who)
 app.command("wait")(participants.wait)
 app.command("post")(post.post)
 app.command("tail")(tail.tail)
+app.command("load-test")(loadtest.load_test)
 
 
 def main() -> None:

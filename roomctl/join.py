@@ -6,6 +6,7 @@ command runs (``roomctl.media``), so other commands never pay for them.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -38,6 +39,7 @@ from roomctl.options import (
 )
 from roomctl.output import OutputClosed
 
+MEDIA_EXTRA = "roomctl[media]"  # the extra that installs aiortc and PyAV (pyproject.toml)
 DEFAULT_VIDEO = "testsrc"
 DEFAULT_AUDIO = "silence"
 Media = "Media"
@@ -154,6 +156,10 @@ def join(
         allow_loopback=allow_loopback, ice_addresses=addresses,
         connect_timeout=peer_timeout, stats_interval=interval)
 
+    missing = missing_media()
+    if missing is not None:
+        fail(f"join needs {missing}, which a daemon-only install leaves out: "
+             f"pip install '{MEDIA_EXTRA}'", ExitCode.REFUSED)
     # Deferred: aiortc and PyAV take a good part of a second to import.
     from roomctl.media.call import Call, Printer
     from roomctl.media.ice import check_addresses
@@ -174,6 +180,21 @@ def join(
         _exit_without_stragglers(clean=call.clean, status=ExitCode.OUTPUT_CLOSED)
         raise
     _exit_without_stragglers(clean=call.clean, status=0)
+
+
+def missing_media() -> str | None:
+    """Return which of aiortc and PyAV (``av``) cannot be imported, or None if both can.
+
+    ``pip install roomctl`` leaves them out (a daemon host does not need codecs); the
+    ``media`` extra brings them.
+    """
+    missing = []
+    for module in ("aiortc", "av"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append({"av": "PyAV"}.get(module, module))
+    return " and ".join(missing) or None
 
 
 def _exit_without_stragglers(*, clean: bool, status: int, grace: float = 3.0) -> None:

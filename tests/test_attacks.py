@@ -113,7 +113,7 @@ async def metric(sp: ServeProcess, name: str) -> int:
         text = (await drain(stream)).decode()
     for line in text.splitlines():
         if line.startswith(f"roomctl_{name} "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))  # prometheus_client writes 3.0
     raise AssertionError(f"no metric {name}")
 
 

@@ -21,6 +21,7 @@ import trio
 import trio_websocket
 
 import daemon
+from daemon.logs import JsonFormatter
 from tests.conftest import WAIT, Client, Server, closing, running_server
 
 Connect = Callable[..., Any]
@@ -486,10 +487,15 @@ async def test_a_slow_consumer_is_dropped_while_the_room_goes_on(
     assert [m["seq"] for m in posted] == list(range(1, len(outcome.sent) + 1))
     assert [m["text"] for m in posted] == outcome.sent
     # The daemon counted it as a slow consumer (the 4011 path), and only that one.
-    assert outcome.metrics["roomctl_slow_consumer_closes_total"] == "1"
+    assert float(outcome.metrics["roomctl_slow_consumer_closes_total"]) == 1
     # ...and said so once in its log, naming the room.
     [line] = [r for r in caplog.records if getattr(r, "event", "") == "closed-slow-consumer"]
     assert line.room == "slow" and "too slow reading" in line.getMessage()
+    # As --log-format json writes it: the event with its room, session, connection, peer.
+    fields = json.loads(JsonFormatter().format(line))
+    assert (fields["level"], fields["event"], fields["room"]) == \
+        ("info", "closed-slow-consumer", "slow")
+    assert fields["session"] and fields["connection"] and fields["peer"].startswith("127.0.0.1:")
 
 
 async def test_a_slow_consumer_sees_close_code_4011(
@@ -520,8 +526,8 @@ async def test_http_endpoints_answer_while_clients_chat(server: Server, connect:
         assert status == 200
         assert content_type.startswith("text/plain")
         metrics = dict(line.split(" ", 1) for line in body.splitlines())
-        assert metrics["roomctl_connections"] == "2"
-        assert metrics["roomctl_rooms"] == "1"
+        assert float(metrics['roomctl_connections{kind="room"}']) == 2
+        assert float(metrics["roomctl_rooms"]) == 1
 
         status, _, _ = await curl(f"{server.http}/nowhere")
         assert status == 404

@@ -406,6 +406,11 @@ def test_each_serve_option_names_its_variable_and_default() -> None:
         if not param.opts[0].startswith("--"):
             continue
         body = by_option[param.opts[0]].body
+        if param.envvar is None:
+            # Actions that print and exit take no variable: set in a service's
+            # environment, one would stop every start.
+            assert param.opts[0] in ("--print-config", "--print-systemd-unit"), param.name
+            continue
         assert f"Environment: {param.envvar}." in body, param.name
         if param.default is not None and not isinstance(param.default, bool):
             default = (f"{param.default:g}" if isinstance(param.default, float)

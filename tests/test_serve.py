@@ -92,11 +92,13 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(
                     break
     code = await trio.to_thread.run_sync(lambda: sp.proc.wait(timeout=WAIT))
     assert code == 0
-    # Its last words, at the default log level: it stopped, and whether the store was flushed.
+    # Its last words, at the default log level: it stopped, and whether the store was
+    # flushed; as a JSON line, since its stderr is a pipe (--log-format auto).
     assert sp.proc.stderr is not None
-    last = sp.proc.stderr.read().splitlines()[-1]
-    assert " INFO daemon.server: stopped after " in last
-    assert last.endswith("; connections closed: 1; store flushed")
+    last = json.loads(sp.proc.stderr.read().splitlines()[-1])
+    assert (last["level"], last["event"], last["logger"]) == ("info", "stopped", "daemon.server")
+    assert last["message"].startswith("stopped after ")
+    assert last["message"].endswith("; connections closed: 1; store flushed")
 
 
 async def test_acknowledged_messages_survive_kill_9(
