@@ -3,14 +3,19 @@
 Theory of operation
 -------------------
 One TCP port. ``daemon.net.front`` parses each request head: plain HTTP (health, metrics)
-is answered here; WebSocket upgrades to ``/v1/rooms/{room}`` and ``/v1/admin`` become
-``Connection`` objects. A connection's reader decodes frames and feeds the engine; the
-effects it gets back are applied in order. A broadcast is encoded and framed once per
-wire format, and the same bytes are written to every recipient through its
-``wire.OutputStream``: straight to the socket when it can take them, otherwise into a
-bounded, ordered buffer that the connection's flusher drains. Too much pending output
-(or none of it moving for ``send_timeout``) means the peer does not read fast enough:
-it is closed with 4011, never waited for, so one slow consumer cannot stall a room.
+is answered here; WebSocket upgrades to ``/v1/rooms/{room}`` and ``/v1/admin`` are accepted
+by ``on_websocket`` and served by ``serve_connection`` as ``Connection`` objects, in the
+connection's one task: it takes the batch of messages each read brought
+(``daemon.net.transport.Transport.receive``; a ``daemon.net.websocket.WebSocket`` here),
+decodes each and feeds the engine; the effects it gets back are applied in order, and what
+the batch makes the daemon send is corked and leaves in one write per recipient when the
+batch is done. The loop sees only the ``Transport`` interface, never a socket. A broadcast
+is encoded and framed once per wire format, and the same bytes are written to every
+recipient through its ``wire.OutputStream``: straight to the socket when it can take
+them, otherwise into a bounded, ordered buffer that the connection's flusher drains. Too
+much pending output (or none of it moving for ``send_timeout``) means the peer does not
+read fast enough: it is closed with 4011, never waited for, so one slow consumer cannot
+stall a room.
 
 Durable effects go to the store's single writer task, which commits them in order and
 runs their ``on_commit`` callbacks in that order from one task; the engine's
@@ -22,8 +27,8 @@ logs once, and closes its own connection with a code that says why (1011 for our
 Queues, and what happens when each is full:
 * a connection's output (``wire.OutputStream``): over ``outbound_queue`` writes waiting
   for the socket, or no progress for ``send_timeout``: closed with 4011;
-* a connection's input (trio-websocket's message queue, 64 frames): its reader stops
-  reading the socket, so TCP pushes back on that client alone;
+* a connection's input: one read (64 KiB) at a time, handled before the next read, so
+  TCP pushes back on that client alone;
 * the store writer's queue (4096 jobs): the connection submitting waits, so a flood of
   writes slows its sender, not the room's readers;
 * timers: one per disconnected session, so bounded by the sessions.
@@ -48,13 +53,11 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 import msgspec
 import trio
-import trio_websocket
 
 from daemon.apps.api import App
 from daemon.config import ADMIN_TOKEN_FILE, AdminTokenFile, Config, lock_data_dir
@@ -66,14 +69,15 @@ from daemon.net.front import (
     FrontLimits,
     HttpRequest,
     HttpResponse,
+    Upgrade,
     handle_connection,
     peer_of,
     refuse_connection,
     serve_tcp,
 )
-from daemon.net.keepalive import Pings
 from daemon.net.origins import origin_allowed
 from daemon.net.ratelimit import RateLimit, RequestLimiter, Verdict
+from daemon.net.transport import Closed, Sink, Transport
 from daemon.store import Store, StoreWriter
 from daemon.tokens import Authority, ensure_join_secret
 from protocol import (
@@ -95,26 +99,34 @@ ROOM_PATH = re.compile(r"^/v1/rooms/([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
 ADMIN_PATH = "/v1/admin"
 
 
-@dataclass(eq=False)
 class Connection:
-    """One accepted WebSocket and its ordered output buffer."""
+    """One client connection being served: its transport, wire format and limits."""
 
-    id: ConnId
-    ws: trio_websocket.WebSocketConnection
-    out: wire.OutputStream
-    format: WireFormat
-    peer: tuple[str, int]
-    max_pending: int
-    reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    close_code: int | None = None
-    close_reason: str = ""
-    flush_before_close: bool = True
-    bad_frames: int = 0
-    is_admin: bool = False
-    detached: bool = False  # the engine was told the connection is gone
-    on_close: Callable[[Connection], None] | None = None
-    limiter: RequestLimiter | None = None  # None: not rate limited (or not yet welcomed)
-    pings: Pings | None = None  # the keepalive sweeper's state, from its first visit
+    __slots__ = ("bad_frames", "close_code", "close_reason", "detached", "flush_before_close",
+                 "format", "id", "inbox", "inbox_at", "is_admin", "limiter", "max_pending",
+                 "on_close", "out", "peer", "reader_scope", "transport")
+
+    def __init__(self, conn_id: ConnId, transport: Transport, fmt: WireFormat,
+                 peer: tuple[str, int], max_pending: int, *, is_admin: bool = False,
+                 on_close: Callable[[Connection], None] | None = None) -> None:
+        self.id = conn_id
+        self.transport = transport
+        self.out: Sink = transport.out
+        self.format = fmt
+        self.peer = peer
+        self.max_pending = max_pending
+        self.is_admin = is_admin
+        self.on_close = on_close
+        self.reader_scope = trio.CancelScope()  # the serving task's; cancelled to close
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.flush_before_close = True
+        self.bad_frames = 0
+        self.detached = False  # the engine was told the connection is gone
+        self.limiter: RequestLimiter | None = None  # None: not rate limited (or not welcomed)
+        # The messages of the batch being handled, and how many of them are done.
+        self.inbox: Sequence[str | bytes] = ()
+        self.inbox_at = 0
 
     def enqueue(self, payload: bytes) -> None:
         """Write one framed message; too much unwritten output closes it as a slow consumer."""
@@ -127,6 +139,10 @@ class Connection:
         """Close the connection as a slow consumer if too many writes wait for its socket."""
         if self.out.pending > self.max_pending:
             self.close(CloseCode.SLOW_CONSUMER, "outbound queue overflowed", flush=False)
+
+    def stalled(self) -> None:
+        """The output made no progress for the send timeout: the peer stopped reading."""
+        self.close(CloseCode.SLOW_CONSUMER, "the peer stopped reading", flush=False)
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Ask the connection's task to close with ``code``.
@@ -315,12 +331,12 @@ class Daemon:
 
     # --- WebSocket -------------------------------------------------------------------------
 
-    async def on_websocket(self, ws_request: trio_websocket.WebSocketRequest,
-                           request: HttpRequest) -> None:
+    async def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> None:
+        """Accept or refuse an upgrade to a room or the admin endpoint, then serve it."""
         match = ROOM_PATH.match(request.path)
         is_admin = request.path == ADMIN_PATH
         if match is None and not is_admin:
-            await ws_request.reject(404, body=b'{"error":"not found"}')
+            upgrade.reject(404, b'{"error":"not found"}')
             return
         origin = request.headers.get("origin")
         if origin is not None and not origin_allowed(origin, request.headers.get("host"),
@@ -328,33 +344,44 @@ class Daemon:
             # Before accept: a page from another site must not get a session at all.
             self.counters["origins_refused"] += 1
             log.info("refused a WebSocket from origin %r (peer %s)", origin[:100], request.peer)
-            await ws_request.reject(403, body=b'{"error":"origin not allowed"}')
+            upgrade.reject(403, b'{"error":"origin not allowed"}')
             return
-        offered = list(ws_request.proposed_subprotocols)
+        offered = upgrade.proposed_subprotocols
         fmt = negotiate(offered)
         if fmt is None:
-            await ws_request.reject(400, body=b'{"error":"unsupported subprotocol"}')
+            upgrade.reject(400, b'{"error":"unsupported subprotocol"}')
             return
-        ws = await ws_request.accept(subprotocol=fmt.value if offered else None)
+        ws = upgrade.accept(fmt.value if offered else None)
+        room = None if match is None else unquote(match.group(1))
+        peer = request.peer
+        del upgrade, request, match  # nothing of the request is kept while the session lasts
+        await self.serve_connection(ws, fmt, peer, room=room)
+
+    async def serve_connection(self, transport: Transport, fmt: WireFormat,
+                               peer: tuple[str, int], *, room: str | None) -> None:
+        """Serve one connection until it ends, then close it; ``room`` None is the admin
+        endpoint.
+
+        The transport is a WebSocket of this process, or any other ``Transport`` (such as
+        a connection whose socket lives on another node). Returns when the connection has
+        ended and is closed; nothing but cancellation propagates out.
+        """
         self._next_conn += 1
-        out = ws._stream  # the front wraps every WebSocket's stream in a wire.OutputStream
-        assert isinstance(out, wire.OutputStream)
-        conn = Connection(self._next_conn, ws, out, fmt, request.peer, self.config.outbound_queue,
-                          is_admin=is_admin, on_close=self._detach)
+        conn = Connection(self._next_conn, transport, fmt, peer, self.config.outbound_queue,
+                          is_admin=room is None, on_close=self._detach)
+        out = conn.out
         out.stall_timeout = self.config.send_timeout
-        out.on_stall = lambda: conn.close(CloseCode.SLOW_CONSUMER, "the peer stopped reading",
-                                          flush=False)
+        out.on_stall = conn.stalled
         self.connections[conn.id] = conn
         self.counters["connections_total"] += 1
         try:
             with conn.reader_scope:
                 try:
-                    if is_admin:
+                    if room is None:
                         await self._serve_admin(conn)
                     else:
-                        assert match is not None
-                        await self._serve_room(conn, unquote(match.group(1)))
-                except trio_websocket.ConnectionClosed:
+                        await self._serve_room(conn, room)
+                except Closed:
                     pass
         except Exception:
             log.exception("connection %d from %s failed", conn.id, conn.peer)
@@ -362,10 +389,14 @@ class Daemon:
             conn.close_reason = conn.close_reason or "internal error"
             conn.flush_before_close = False
         finally:
+            conn.inbox = ()
+            self._batch_done()  # what a batch cut short corked leaves now
             self._detach(conn)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self.config.close_timeout
                 await self._finish(conn)
+            # Nothing may keep the connection alive now: freed by reference counting alone.
+            out.on_stall = conn.on_close = None
             del self.connections[conn.id]
             self.connection_closed.set()
 
@@ -377,18 +408,31 @@ class Daemon:
                 self.apply_now(self.engine.disconnect(conn.id, self.now()))
 
     async def _finish(self, conn: Connection) -> None:
-        """Close the WebSocket: after what is queued, or at once for a slow consumer."""
+        """Close the connection: after what is queued, or at once for a slow consumer."""
         if conn.close_code == CloseCode.SLOW_CONSUMER:
             self.counters["slow_consumers"] += 1
         if not conn.flush_before_close:
             conn.out.discard_pending()
-        await conn.ws.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
+        await conn.transport.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
 
     async def _receive(self, conn: Connection, codec: Codec) -> Any:
-        """Return the next valid frame; answers bad ones and closes after too many."""
+        """Return the next valid frame; answers bad ones and closes after too many.
+
+        Messages come in batches, all that one read brought. The frames handling a batch
+        sends are corked (``_send``) and leave in one write per recipient once the batch
+        is done, before the next read.
+        """
         while True:
-            data = await conn.ws.get_message()
-            self.counters["frames_in"] += 1
+            if conn.inbox_at == len(conn.inbox):
+                conn.inbox, conn.inbox_at = (), 0
+                self._batch_done()
+                batch = await conn.transport.receive()
+                self.counters["frames_in"] += len(batch)
+                if self._corked is None:
+                    self._corked = []
+                conn.inbox = batch
+            data = conn.inbox[conn.inbox_at]
+            conn.inbox_at += 1
             try:
                 return codec.decode(data)
             except ProtocolError as exc:
@@ -530,12 +574,8 @@ class Daemon:
             await trio.sleep(period)
             now = trio.current_time()
             for conn in list(self.connections.values()):
-                if conn.close_code is not None or conn.ws.closed is not None:
-                    continue
-                if conn.pings is None:
-                    conn.pings = Pings(now, interval)
-                elif not conn.pings.step(conn.ws, conn.out, now, interval=interval,
-                                         timeout=timeout):
+                if conn.close_code is None and not conn.transport.keepalive(now, interval,
+                                                                            timeout):
                     self.counters["ping_timeouts"] += 1
                     conn.close(CloseCode.INTERNAL_ERROR,
                                f"keepalive ping timeout: no pong in {timeout:g} s", flush=False)

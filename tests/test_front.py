@@ -1,4 +1,8 @@
-"""Tests for daemon.net.front: real TCP on 127.0.0.1, real trio-websocket clients."""
+"""Tests for daemon.net.front: real TCP on 127.0.0.1, real trio-websocket clients.
+
+The WebSocket handler here is a plain echo on ``daemon.net.websocket.WebSocket``; the
+daemon's own handler is tested in test_daemon.py and the rest of the suite.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import trio
 import trio.testing
 import trio_websocket
 
+from daemon.net import wire
 from daemon.net.front import (
     FrontLimits,
     HttpHandler,
     HttpRequest,
     HttpResponse,
+    Upgrade,
     WebSocketHandler,
     handle_connection,
     serve_tcp,
@@ -51,24 +57,24 @@ class Recorder:
             return HttpResponse(200, request.body, content_type="application/octet-stream")
         return HttpResponse(200, b'{"ok":true}', headers=(("X-Room", "abc"),))
 
-    async def on_websocket(
-        self, ws_request: trio_websocket.WebSocketRequest, request: HttpRequest
-    ) -> None:
+    async def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> None:
         self.ws.append(request)
-        self.proposed.append(ws_request.proposed_subprotocols)
+        self.proposed.append(upgrade.proposed_subprotocols)
         if request.path == "/ignore":
             return  # neither accept() nor reject()
         if request.path == "/reject":
-            await ws_request.reject(403, body=b"nope")
+            upgrade.reject(403, b"nope")
             return
-        subprotocol = "roomctl.v1" if "roomctl.v1" in ws_request.proposed_subprotocols else None
-        ws = await ws_request.accept(subprotocol=subprotocol)
-        await ws.send_message("hello")
+        subprotocol = "roomctl.v1" if "roomctl.v1" in upgrade.proposed_subprotocols else None
+        ws = upgrade.accept(subprotocol)
+        ws.out.write(wire.frame(b"hello", binary=False))
         while True:
-            message = await ws.get_message()
-            if message == "boom":
-                raise RuntimeError("websocket handler bug")
-            await ws.send_message(message)
+            for message in await ws.receive():
+                if message == "boom":
+                    raise RuntimeError("websocket handler bug")
+                binary = isinstance(message, bytes)
+                ws.out.write(wire.frame(message if binary else message.encode(),
+                                        binary=binary))
 
 
 @pytest.fixture
