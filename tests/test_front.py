@@ -7,7 +7,6 @@ daemon's own handler is tested in test_daemon.py and the rest of the suite.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 import h11
@@ -16,66 +15,16 @@ import trio
 import trio.testing
 import trio_websocket
 
-from daemon.net import wire
 from daemon.net.front import (
     FrontLimits,
-    HttpHandler,
     HttpRequest,
     HttpResponse,
-    Upgrade,
-    WebSocketHandler,
     handle_connection,
     serve_tcp,
 )
+from tests.front_util import Recorder, StartServer, start_front
 
 WAIT = 5.0  # upper bound for any single network wait in these tests
-
-StartServer = Callable[..., Awaitable[int]]
-
-
-class Recorder:
-    """Handlers that remember what they were called with."""
-
-    def __init__(self) -> None:
-        self.http: list[HttpRequest] = []
-        self.ws: list[HttpRequest] = []
-        self.proposed: list[tuple[str, ...]] = []
-        self.finished = 0  # handle_connection calls that returned
-
-    async def wait_finished(self, count: int, timeout: float = 1.0) -> None:
-        with trio.fail_after(timeout):
-            while self.finished < count:
-                await trio.sleep(0.01)
-
-    async def on_http(self, request: HttpRequest) -> HttpResponse:
-        self.http.append(request)
-        if request.path == "/boom":
-            raise RuntimeError("handler bug")
-        if request.path == "/missing":
-            return HttpResponse(404, b'{"error":"no such room"}')
-        if request.path == "/echo-body":
-            return HttpResponse(200, request.body, content_type="application/octet-stream")
-        return HttpResponse(200, b'{"ok":true}', headers=(("X-Room", "abc"),))
-
-    async def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> None:
-        self.ws.append(request)
-        self.proposed.append(upgrade.proposed_subprotocols)
-        if request.path == "/ignore":
-            return  # neither accept() nor reject()
-        if request.path == "/reject":
-            upgrade.reject(403, b"nope")
-            return
-        subprotocol = "roomctl.v1" if "roomctl.v1" in upgrade.proposed_subprotocols else None
-        ws = upgrade.accept(subprotocol)
-        ws.out.write(wire.frame(b"hello", binary=False))
-        while True:
-            for message in await ws.receive():
-                if message == "boom":
-                    raise RuntimeError("websocket handler bug")
-                binary = isinstance(message, bytes)
-                ws.out.write(wire.frame(message if binary else message.encode(),
-                                        binary=binary))
-
 
 @pytest.fixture
 def recorder() -> Recorder:
@@ -84,27 +33,7 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def start_server(nursery: trio.Nursery, recorder: Recorder) -> StartServer:
-    async def start(
-        *,
-        on_http: HttpHandler | None = None,
-        on_websocket: WebSocketHandler | None = None,
-        limits: FrontLimits | None = None,
-    ) -> int:
-        async def handler(stream: trio.SocketStream) -> None:
-            await handle_connection(
-                stream,
-                on_http=on_http or recorder.on_http,
-                on_websocket=on_websocket or recorder.on_websocket,
-                limits=limits or FrontLimits(),
-            )
-            recorder.finished += 1
-
-        host, port = await nursery.start(serve_tcp, handler, "127.0.0.1", 0)
-        assert host == "127.0.0.1"
-        assert port > 0
-        return port
-
-    return start
+    return partial(start_front, nursery, recorder)
 
 
 class HttpClient:

@@ -1,0 +1,95 @@
+"""The front with recording handlers on a real port, shared by test_front and test_websocket.
+
+``Recorder`` answers plain requests and echoes WebSocket messages on
+``daemon.net.websocket.WebSocket``; ``start_front`` serves it on 127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from daemon.net import wire
+from daemon.net.front import (
+    FrontLimits,
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    Upgrade,
+    WebSocketHandler,
+    handle_connection,
+    serve_tcp,
+)
+
+StartServer = Callable[..., Awaitable[int]]
+
+
+class Recorder:
+    """Handlers that remember what they were called with."""
+
+    def __init__(self) -> None:
+        self.http: list[HttpRequest] = []
+        self.ws: list[HttpRequest] = []
+        self.proposed: list[tuple[str, ...]] = []
+        self.finished = 0  # handle_connection calls that returned
+
+    async def wait_finished(self, count: int, timeout: float = 1.0) -> None:
+        with trio.fail_after(timeout):
+            while self.finished < count:
+                await trio.sleep(0.01)
+
+    async def on_http(self, request: HttpRequest) -> HttpResponse:
+        self.http.append(request)
+        if request.path == "/boom":
+            raise RuntimeError("handler bug")
+        if request.path == "/missing":
+            return HttpResponse(404, b'{"error":"no such room"}')
+        if request.path == "/echo-body":
+            return HttpResponse(200, request.body, content_type="application/octet-stream")
+        return HttpResponse(200, b'{"ok":true}', headers=(("X-Room", "abc"),))
+
+    async def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> None:
+        self.ws.append(request)
+        self.proposed.append(upgrade.proposed_subprotocols)
+        if request.path == "/ignore":
+            return  # neither accept() nor reject()
+        if request.path == "/reject":
+            upgrade.reject(403, b"nope")
+            return
+        subprotocol = "roomctl.v1" if "roomctl.v1" in upgrade.proposed_subprotocols else None
+        ws = upgrade.accept(subprotocol)
+        ws.out.write(wire.frame(b"hello", binary=False))
+        while True:
+            for message in await ws.receive():
+                if message == "boom":
+                    raise RuntimeError("websocket handler bug")
+                binary = isinstance(message, bytes)
+                ws.out.write(wire.frame(message if binary else message.encode(),
+                                        binary=binary))
+
+
+async def start_front(
+    nursery: trio.Nursery,
+    recorder: Recorder,
+    *,
+    on_http: HttpHandler | None = None,
+    on_websocket: WebSocketHandler | None = None,
+    limits: FrontLimits | None = None,
+) -> int:
+    """Serve the front in ``nursery``, with ``recorder``'s handlers unless others are given;
+    return the port. ``recorder.finished`` counts the connections whose handling ended."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await handle_connection(
+            stream,
+            on_http=on_http or recorder.on_http,
+            on_websocket=on_websocket or recorder.on_websocket,
+            limits=limits or FrontLimits(),
+        )
+        recorder.finished += 1
+
+    host, port = await nursery.start(serve_tcp, handler, "127.0.0.1", 0)
+    assert host == "127.0.0.1"
+    assert port > 0
+    return port
