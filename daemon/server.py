@@ -88,6 +88,7 @@ from protocol import (
     ProtocolError,
     WireFormat,
     negotiate,
+    relay,
 )
 from protocol import admin as adm
 from protocol.messages import Error, Hello, Request, Welcome
@@ -175,7 +176,8 @@ class Daemon:
                              max_participants=config.max_participants)
         self.authority = Authority(ensure_join_secret(config.data_dir),
                                    admin_token=lambda: self.admin_token)
-        room_types: tuple[type[Request], ...] = (*CORE_REQUESTS, *self.engine.request_types())
+        # Relays are read as forwarding types: their payload is passed on as sent.
+        room_types = relay.forwarding((*CORE_REQUESTS, *self.engine.request_types()))
         admin_types: tuple[type[Request], ...] = (Hello, *adm.ADMIN_REQUESTS)
         self.room_codecs = {f: Codec(f, room_types, max_frame_bytes=config.max_frame_bytes)
                             for f in WireFormat}

@@ -66,6 +66,12 @@ from protocol.messages import (
     SetMediaState,
     Welcome,
 )
+from protocol.relay import (
+    ForwardIceCandidate,
+    ForwardSessionDescription,
+    IceCandidateForwarded,
+    SessionDescriptionForwarded,
+)
 
 GRACE = 30.0
 ROOM = "lobby"
@@ -527,6 +533,23 @@ def test_relay_delivers_to_the_target_with_the_sender_as_peer_id(pair: Engine) -
     assert pair.request(BOB, RelaySessionDescription(peer_id="s1", description=offer),
                         T0 + 3) == [
         Send((ALICE,), SessionDescriptionRelayed(peer_id="s2", description=offer)),
+    ]
+
+
+def test_a_forwarded_relay_passes_the_very_payload_on(pair: Engine) -> None:
+    # What the daemon decodes (protocol.relay): the payload is the sender's bytes.
+    candidate = msgspec.Raw(b'{"candidate":"c","x-new":1}')
+    description = msgspec.Raw(b'{"type":"offer","sdp":"v=0"}')
+
+    effects = pair.request(ALICE, ForwardIceCandidate(peer_id="s2", candidate=candidate),
+                           T0 + 2)
+    assert effects == [Send((BOB,), IceCandidateForwarded(peer_id="s1", candidate=candidate))]
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, IceCandidateForwarded)
+    assert effects[0].frame.candidate is candidate
+    assert pair.request(BOB, ForwardSessionDescription(peer_id="s1", description=description,
+                                                       ref="d"), T0 + 3) == [
+        Send((ALICE,), SessionDescriptionForwarded(peer_id="s2", description=description)),
+        Send((BOB,), Ok(ref="d")),
     ]
 
 

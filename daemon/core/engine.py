@@ -50,7 +50,7 @@ from daemon.core.effects import (
 )
 from daemon.core.records import DeleteRoom as DeleteRoomRecord
 from daemon.core.records import PutRoom, StoredRoom
-from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, Request
+from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, Event, ProtocolError, Request
 from protocol import admin as adm
 from protocol.messages import (
     AddPeer,
@@ -75,6 +75,12 @@ from protocol.messages import (
     SessionDescriptionRelayed,
     SetMediaState,
     Welcome,
+)
+from protocol.relay import (
+    ForwardIceCandidate,
+    ForwardSessionDescription,
+    IceCandidateForwarded,
+    SessionDescriptionForwarded,
 )
 
 DEFAULT_GRACE = 60.0
@@ -531,15 +537,22 @@ class Engine:
         ctx.ok()
 
     def _relay(self, ctx: Context, request: Request) -> None:
-        assert isinstance(request, RelayIceCandidate | RelaySessionDescription)
+        # The daemon decodes relays as Forward* (the payload as its sender's bytes, see
+        # protocol.relay); the typed Relay* are accepted too, for embedders and tests.
+        assert isinstance(request, _RELAYS)
         session = self._participant(ctx)
         target = session.room.sessions.get(request.peer_id)
         if target is None or target.hidden or target is session:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no peer {request.peer_id!r} in this room")
         if target.conn is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"peer {request.peer_id!r} is reconnecting")
-        frame: IceCandidateRelayed | SessionDescriptionRelayed
-        if isinstance(request, RelayIceCandidate):
+        frame: Event
+        if isinstance(request, ForwardSessionDescription):
+            frame = SessionDescriptionForwarded(peer_id=session.id,
+                                                description=request.description)
+        elif isinstance(request, ForwardIceCandidate):
+            frame = IceCandidateForwarded(peer_id=session.id, candidate=request.candidate)
+        elif isinstance(request, RelayIceCandidate):
             frame = IceCandidateRelayed(peer_id=session.id, candidate=request.candidate)
         else:
             frame = SessionDescriptionRelayed(peer_id=session.id, description=request.description)
@@ -579,6 +592,8 @@ class Engine:
         Part: _part,
         RelayIceCandidate: _relay,
         RelaySessionDescription: _relay,
+        ForwardIceCandidate: _relay,
+        ForwardSessionDescription: _relay,
         SetMediaState: _set_media_state,
         GetParticipants: _get_participants,
         Leave: _leave,
@@ -688,12 +703,17 @@ class Engine:
         return effects + ctx.effects
 
 
+_RELAYS = (RelayIceCandidate, RelaySessionDescription, ForwardIceCandidate,
+           ForwardSessionDescription)
+
 # The grant each core request needs (None: any session may make it).
 _CORE_GRANTS: dict[type[Request], str | None] = {
     Join: "media",
     Part: "media",
     RelayIceCandidate: "media",
     RelaySessionDescription: "media",
+    ForwardIceCandidate: "media",
+    ForwardSessionDescription: "media",
     SetMediaState: "media",
     GetParticipants: None,
     Leave: None,
