@@ -34,25 +34,24 @@ Queues, and what happens when each is full:
 * timers: one per disconnected session, so bounded by the sessions.
 
 Limits on what one client may cost (each a ``Config`` field and a ``roomctl serve`` option):
-connections per client address (counted in ``_serve``'s ``on_tcp``: one more gets a 429
-and is closed before anything is read); the TLS handshake and request head within
-``head_timeout`` (``daemon.net.front``); an allowed ``Origin`` for browsers (``on_websocket``,
-before accept); a valid hello within ``handshake_timeout``; requests per second per
-connection after the hello (``daemon.net.ratelimit``: ``rate-limited``, then 1008); frame
-size (1009); and a pong to each keepalive ping (one sweeper task, ``Daemon.keepalive``;
-1011 when none comes).
+connections per client address (counted by ``daemon.net.front.serve_tcp`` from accept to
+close: one more gets a 429 and is closed before anything is read); the TLS handshake and
+request head within ``head_timeout`` (``daemon.net.front``); an allowed ``Origin`` for
+browsers (``on_websocket``, before accept); a valid hello within ``handshake_timeout``;
+requests per second per connection after the hello (``daemon.net.ratelimit``:
+``rate-limited``, then 1008); message size (1009, ``daemon.net.websocket``); and a pong to
+each keepalive ping (one sweeper task, ``Daemon.keepalive``; 1011 when none comes).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import math
 import re
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -71,7 +70,6 @@ from daemon.net.front import (
     HttpResponse,
     Upgrade,
     handle_connection,
-    peer_of,
     refuse_connection,
     serve_tcp,
 )
@@ -333,13 +331,14 @@ class Daemon:
 
     # --- WebSocket -------------------------------------------------------------------------
 
-    async def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> None:
-        """Accept or refuse an upgrade to a room or the admin endpoint, then serve it."""
+    def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> Awaitable[None] | None:
+        """Refuse an upgrade, or accept it (a room or the admin endpoint) and return the
+        coroutine that serves it."""
         match = ROOM_PATH.match(request.path)
         is_admin = request.path == ADMIN_PATH
         if match is None and not is_admin:
             upgrade.reject(404, b'{"error":"not found"}')
-            return
+            return None
         origin = request.headers.get("origin")
         if origin is not None and not origin_allowed(origin, request.headers.get("host"),
                                                      self.config.allowed_origins):
@@ -347,17 +346,15 @@ class Daemon:
             self.counters["origins_refused"] += 1
             log.info("refused a WebSocket from origin %r (peer %s)", origin[:100], request.peer)
             upgrade.reject(403, b'{"error":"origin not allowed"}')
-            return
+            return None
         offered = upgrade.proposed_subprotocols
         fmt = negotiate(offered)
         if fmt is None:
             upgrade.reject(400, b'{"error":"unsupported subprotocol"}')
-            return
+            return None
         ws = upgrade.accept(fmt.value if offered else None)
         room = None if match is None else unquote(match.group(1))
-        peer = request.peer
-        del upgrade, request, match  # nothing of the request is kept while the session lasts
-        await self.serve_connection(ws, fmt, peer, room=room)
+        return self.serve_connection(ws, fmt, request.peer, room=room)
 
     async def serve_connection(self, transport: Transport, fmt: WireFormat,
                                peer: tuple[str, int], *, room: str | None) -> None:
@@ -381,8 +378,20 @@ class Daemon:
                 try:
                     if room is None:
                         await self._serve_admin(conn)
-                    else:
-                        await self._serve_room(conn, room)
+                    elif await self._enter_room(conn, room):
+                        # The room's requests, here rather than in a helper: an idle
+                        # connection waits in this frame, and every coroutine on its stack
+                        # is memory it holds all that time.
+                        codec = self.room_codecs[conn.format]
+                        while True:
+                            frame = self._next_frame(conn, codec)
+                            if frame is None:
+                                self._end_batch(conn)
+                                self._start_batch(conn, await transport.receive())
+                            elif conn.limiter is None or self._within_rate(conn, conn.limiter,
+                                                                          frame):
+                                await self.apply(self.engine.request(conn.id, frame,
+                                                                     self.now()))
                 except Closed:
                     pass
         except Exception:
@@ -391,8 +400,7 @@ class Daemon:
             conn.close_reason = conn.close_reason or "internal error"
             conn.flush_before_close = False
         finally:
-            conn.inbox = ()
-            self._batch_done()  # what a batch cut short corked leaves now
+            self._end_batch(conn)  # what a batch cut short corked leaves now
             self._detach(conn)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self.config.close_timeout
@@ -418,27 +426,37 @@ class Daemon:
         await conn.transport.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
 
     async def _receive(self, conn: Connection, codec: Codec) -> Any:
-        """Return the next valid frame; answers bad ones and closes after too many.
+        """Return the next valid frame; answers bad ones and closes after too many."""
+        while (frame := self._next_frame(conn, codec)) is None:
+            self._end_batch(conn)
+            self._start_batch(conn, await conn.transport.receive())
+        return frame
 
-        Messages come in batches, all that one read brought. The frames handling a batch
-        sends are corked (``_send``) and leave in one write per recipient once the batch
-        is done, before the next read.
-        """
-        while True:
-            if conn.inbox_at == len(conn.inbox):
-                conn.inbox, conn.inbox_at = (), 0
-                self._batch_done()
-                batch = await conn.transport.receive()
-                self.counters["frames_in"] += len(batch)
-                if self._corked is None:
-                    self._corked = []
-                conn.inbox = batch
-            data = conn.inbox[conn.inbox_at]
+    # Messages come in batches, all that one read brought. What handling a batch sends is
+    # corked (see _send) and leaves in one write per recipient once the batch is done,
+    # before the connection waits for more.
+
+    def _start_batch(self, conn: Connection, batch: Sequence[str | bytes]) -> None:
+        conn.inbox, conn.inbox_at = batch, 0
+        self.counters["frames_in"] += len(batch)
+        if self._corked is None:
+            self._corked = []
+
+    def _end_batch(self, conn: Connection) -> None:
+        conn.inbox, conn.inbox_at = (), 0
+        self._batch_done()
+
+    def _next_frame(self, conn: Connection, codec: Codec) -> Any:
+        """Return the next valid frame of the batch in hand, None once it is done."""
+        inbox = conn.inbox
+        while conn.inbox_at < len(inbox):
+            data = inbox[conn.inbox_at]
             conn.inbox_at += 1
             try:
                 return codec.decode(data)
             except ProtocolError as exc:
                 self._reject(conn, codec.ref_of(data), exc)
+        return None
 
     def _reject(self, conn: Connection, ref: str | None, exc: ProtocolError) -> None:
         self.counters["bad_frames"] += 1
@@ -458,25 +476,22 @@ class Daemon:
         conn.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
         return None
 
-    async def _serve_room(self, conn: Connection, room: str) -> None:
+    async def _enter_room(self, conn: Connection, room: str) -> bool:
+        """Take hellos until one is welcomed; return False if the connection was closed."""
         codec = self.room_codecs[conn.format]
         deadline = trio.current_time() + self.config.handshake_timeout
         while conn.id not in self.engine.conns:
             hello = await self._hello(conn, codec, deadline)
             if hello is None:
-                return
+                return False
             access = self._access(conn, hello)
             if access is None:
-                return
+                return False
             await self.apply(self.engine.hello(conn.id, room, hello, self.now(), access))
             if conn.close_code is not None:
-                return
+                return False
         conn.limiter = self._limiter(access)
-        while True:
-            frame = await self._receive(conn, codec)
-            if conn.limiter is not None and not self._within_rate(conn, conn.limiter, frame):
-                continue
-            await self.apply(self.engine.request(conn.id, frame, self.now()))
+        return True
 
     async def _serve_admin(self, conn: Connection) -> None:
         codec = self.admin_codecs[conn.format]
@@ -678,32 +693,20 @@ async def _serve(
             limits = FrontLimits(max_head_bytes=config.max_head_bytes,
                                  head_timeout=config.head_timeout,
                                  max_message_size=config.max_frame_bytes)
-            # Connections open per client address, counted from accept to close, so a
-            # flood from one address is turned away before it costs a parse or a handshake.
-            per_address: collections.Counter[str] = collections.Counter()
-            max_per_address = config.max_connections_per_address
+            serve_client = functools.partial(
+                handle_connection, on_http=daemon.on_http, on_websocket=daemon.on_websocket,
+                limits=limits, tls=tls, flushers=handlers)
 
-            async def on_tcp(stream: trio.SocketStream) -> None:
-                peer = peer_of(stream)
-                address = peer[0]
-                if max_per_address and per_address[address] >= max_per_address:
-                    daemon.counters["connections_refused_per_address"] += 1
-                    await refuse_connection(stream, 429, "too many connections from your address",
-                                            tls=tls is not None)
-                    return
-                per_address[address] += 1
-                try:
-                    await handle_connection(stream, on_http=daemon.on_http,
-                                            on_websocket=daemon.on_websocket, limits=limits,
-                                            peer=peer, tls=tls)
-                finally:
-                    per_address[address] -= 1
-                    if not per_address[address]:
-                        del per_address[address]
+            async def refuse(stream: trio.SocketStream) -> None:
+                daemon.counters["connections_refused_per_address"] += 1
+                await refuse_connection(stream, 429, "too many connections from your address",
+                                        tls=tls is not None)
 
             if config.ping_interval > 0:
                 handlers.start_soon(daemon.keepalive)
-            address = await nursery.start(serve_tcp, on_tcp, config.host, config.port, handlers)
+            address = await nursery.start(functools.partial(
+                serve_tcp, serve_client, config.host, config.port, handlers,
+                max_per_address=config.max_connections_per_address, refuse=refuse))
             log.info("listening on %s:%d%s; %s; admin token in %s", *address,
                      " (TLS)" if tls is not None else "",
                      "rooms in memory" if config.memory else f"rooms in {config.db_path}",

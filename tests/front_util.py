@@ -21,6 +21,7 @@ from daemon.net.front import (
     handle_connection,
     serve_tcp,
 )
+from daemon.net.websocket import WebSocket
 
 StartServer = Callable[..., Awaitable[int]]
 
@@ -49,16 +50,19 @@ class Recorder:
             return HttpResponse(200, request.body, content_type="application/octet-stream")
         return HttpResponse(200, b'{"ok":true}', headers=(("X-Room", "abc"),))
 
-    async def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> None:
+    def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> Awaitable[None] | None:
         self.ws.append(request)
         self.proposed.append(upgrade.proposed_subprotocols)
         if request.path == "/ignore":
-            return  # neither accept() nor reject()
+            return None  # neither accept() nor reject()
         if request.path == "/reject":
             upgrade.reject(403, b"nope")
-            return
+            return None
         subprotocol = "roomctl.v1" if "roomctl.v1" in upgrade.proposed_subprotocols else None
-        ws = upgrade.accept(subprotocol)
+        return self.echo(upgrade.accept(subprotocol))
+
+    @staticmethod
+    async def echo(ws: WebSocket) -> None:
         ws.out.write(wire.frame(b"hello", binary=False))
         while True:
             for message in await ws.receive():

@@ -9,6 +9,7 @@ parser reads it back.
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable
 from functools import partial
 
 import h11
@@ -16,9 +17,9 @@ import pytest
 import trio
 import wsproto.frame_protocol as fp
 
-from daemon.net.front import FrontLimits
+from daemon.net.front import FrontLimits, HttpRequest, Upgrade
 from daemon.net.transport import Closed
-from daemon.net.websocket import Handshake, HandshakeError
+from daemon.net.websocket import Handshake, HandshakeError, WebSocket
 from tests.front_util import Recorder, StartServer, start_front
 
 WAIT = 5.0
@@ -279,13 +280,15 @@ async def test_receive_raises_closed_when_the_peer_vanishes(
         start_server: StartServer, recorder: Recorder) -> None:
     ended: list[int] = []
 
-    async def handler(upgrade, request):  # type: ignore[no-untyped-def]
-        ws = upgrade.accept()
+    async def wait(ws: WebSocket) -> None:
         try:
             await ws.receive()
         except Closed as exc:
             ended.append(exc.code)
             raise
+
+    def handler(upgrade: Upgrade, request: HttpRequest) -> Awaitable[None]:
+        return wait(upgrade.accept())
 
     port = await start_server(on_websocket=handler)
     peer, head = await open_peer(port)

@@ -14,9 +14,10 @@
 #                  `- GET + Upgrade: websocket: check the opening handshake from the head h11
 #                     already parsed (daemon.net.websocket.Handshake; a bad one gets 400 or
 #                     426 here), drop h11 and its buffers, and call on_websocket(upgrade,
-#                     http_request) in this same task. The handler accepts (101; wsproto's
-#                     Connection takes the socket over, with whatever bytes followed the
-#                     head) or rejects (an HTTP status and a JSON body, then close).
+#                     http_request). The handler rejects (an HTTP status and a JSON body,
+#                     then close) or accepts (101; wsproto's Connection takes the socket
+#                     over, with whatever bytes followed the head) and returns the
+#                     coroutine that serves the connection, in this same task.
 #
 # Hypercorn's protocol/h11.py and protocol/ws_stream.py split HTTP and WebSocket the same
 # way. Every byte a WebSocket writes goes through one wire.OutputStream.
@@ -27,12 +28,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from functools import partial
 from http import HTTPStatus
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -73,6 +75,10 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _RESERVED_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 _NO_PEER: Final = ("", 0)
 _TLS_HANDSHAKE_RECORD: Final = 0x16  # the first byte of every TLS ClientHello
+# accept(2) failures that mean "overloaded, try again" (as trio.serve_listeners has them).
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                            errno.ENOBUFS})
+_ACCEPT_RETRY: Final = 0.1
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,12 @@ class HttpResponse:
 
 
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-WebSocketHandler = Callable[[Upgrade, HttpRequest], Awaitable[None]]
-"""Called for a checked upgrade request; it must ``accept`` or ``reject`` the ``Upgrade``."""
+WebSocketHandler = Callable[[Upgrade, HttpRequest], Awaitable[None] | None]
+"""Decides on a checked upgrade request: it must ``accept`` or ``reject`` the ``Upgrade``
+and, having accepted, return the coroutine that serves the connection.
+
+Synchronous on purpose: the decision needs no I/O, and the serving coroutine then runs
+without the handler's frame beneath it for the whole session."""
 
 
 @dataclass(frozen=True)
@@ -295,14 +305,12 @@ class _Connection:
         self,
         stream: trio.abc.Stream,
         on_http: HttpHandler,
-        on_websocket: WebSocketHandler,
         limits: FrontLimits,
         peer: tuple[str, int],
         started: float,
     ) -> None:
         self._stream = stream
         self._on_http = on_http
-        self._on_websocket = on_websocket
         self._limits = limits
         self._peer = peer
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
@@ -501,47 +509,23 @@ class _WebSocketRequest:
     received: bytes
 
 
-async def _serve_websocket(stream: trio.abc.Stream, ws_request: _WebSocketRequest,
-                           on_websocket: WebSocketHandler, limits: FrontLimits) -> None:
-    """Run ``on_websocket`` for a checked upgrade in this task; close what it leaves open."""
-    path, peer = ws_request.request.path, ws_request.request.peer
-    async with trio.open_nursery() as nursery:
-        # Every outbound byte goes through one ordered buffer (see daemon.net.wire).
-        output = wire.OutputStream(stream, _fd_of(stream), nursery)
-        upgrade = Upgrade(ws_request.handshake, stream, output, received=ws_request.received,
-                          max_message=limits.max_message_size)
-        # From here the handler alone holds the request, so it can let go of it (its
-        # headers) for the rest of a long session.
-        handler = on_websocket(upgrade, ws_request.request)
-        del ws_request
-        try:
-            failed = False
-            try:
-                await handler
-            except Closed:
-                logger.debug("websocket peer %s went away", peer)
-            except Exception:
-                failed = True
-                logger.exception("websocket handler failed: %s from %s", path, peer)
-            with trio.move_on_after(_CLOSE_TIMEOUT):
-                if upgrade.pending:
-                    if not failed:
-                        logger.error("websocket handler for %s neither accepted nor rejected",
-                                     path)
-                    upgrade.reject(500, _error_body("internal server error"))
-                if upgrade.rejection is not None:
-                    status, body = upgrade.rejection
-                    output.write(_response(status, body))
-                    await output.wait_send_all_might_not_block()
-                    await _linger(stream)
-                elif upgrade.websocket is not None:
-                    # Idempotent when the peer or the handler already closed it.
-                    await upgrade.websocket.aclose(1011 if failed else 1000)
-        finally:
-            # The socket is closed after this; its descriptor number must not be written
-            # to again, whoever still holds the output stream.
-            output.release()
-            nursery.cancel_scope.cancel()  # a flusher still waiting for the socket
+async def _end_websocket(stream: trio.abc.Stream, upgrade: Upgrade, output: wire.OutputStream,
+                         path: str, failed: bool) -> None:
+    """Close what the handler left open: an unanswered upgrade gets a 500, a rejected one
+    its status, an open WebSocket a close frame (1011 if the handler failed)."""
+    with trio.move_on_after(_CLOSE_TIMEOUT):
+        if upgrade.pending:
+            if not failed:
+                logger.error("websocket handler for %s neither accepted nor rejected", path)
+            upgrade.reject(500, _error_body("internal server error"))
+        if upgrade.rejection is not None:
+            status, body = upgrade.rejection
+            output.write(_response(status, body))
+            await output.wait_send_all_might_not_block()
+            await _linger(stream)
+        elif upgrade.websocket is not None:
+            # Idempotent when the peer or the handler already closed it.
+            await upgrade.websocket.aclose(1011 if failed else 1000)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
@@ -624,26 +608,35 @@ async def handle_connection(
     limits: FrontLimits = DEFAULT_LIMITS,
     peer: tuple[str, int] | None = None,
     tls: ssl.SSLContext | None = None,
+    flushers: trio.Nursery | None = None,
 ) -> None:
     """Serve one client connection until it closes.
 
     Plain requests are answered by ``on_http`` in an HTTP/1.1 keep-alive loop. A
     ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` is checked as a
     WebSocket opening handshake (400 or 426 if it is not one), and
-    ``on_websocket(upgrade, http_request)`` then runs in this task and must call
-    ``upgrade.accept()`` or ``upgrade.reject()``; after it returns, a WebSocket it left
-    open is closed with 1000 (1011 if it raised). ``peer`` overrides the remote
-    address read from the stream's socket. With ``tls`` the stream is served over TLS
-    (https and wss); its handshake must finish within ``limits.head_timeout`` of the call,
-    together with the first request head.
+    ``on_websocket(upgrade, http_request)`` must call ``upgrade.accept()`` or
+    ``upgrade.reject()``; the coroutine it returns then serves the connection in this
+    task. When that ends, a WebSocket left open is closed with 1000 (1011 if it raised).
+    ``peer`` overrides the remote address read from the stream's socket. With ``tls``
+    the stream is served over TLS (https and wss); its handshake must finish within
+    ``limits.head_timeout`` of the call, together with the first request head. A
+    WebSocket's output flusher (a task that exists only while the socket is not taking
+    everything written) runs in ``flushers``, or in a nursery of the connection's own when
+    it is None.
 
     Protocol errors become 400/408/413/431 responses, handler exceptions become a 500 or
     a WebSocket close with code 1011, and both end only this connection: nothing but
     cancellation propagates out. The stream is always closed on return.
     """
+    if flushers is None:
+        async with trio.open_nursery() as own:
+            await handle_connection(stream, on_http=on_http, on_websocket=on_websocket,
+                                    limits=limits, peer=peer, tls=tls, flushers=own)
+        return
     started = trio.current_time()
     peer = peer_of(stream) if peer is None else peer
-    connection = _Connection(stream, on_http, on_websocket, limits, peer, started)
+    connection = _Connection(stream, on_http, limits, peer, started)
     try:
         if tls is not None:
             secured = await _start_tls(stream, tls, started + limits.head_timeout, peer)
@@ -651,9 +644,35 @@ async def handle_connection(
                 return
             stream = connection._stream = secured
         ws_request = await connection.run()
-        if ws_request is not None:
-            del connection  # h11's state and buffers are not needed any more
-            await _serve_websocket(stream, ws_request, on_websocket, limits)
+        if ws_request is None:
+            return
+        # A WebSocket, served in this task for as long as it lasts. Inline rather than in a
+        # helper, and holding nothing it does not need (h11's state and buffers, the
+        # request, which the handler may drop): an idle connection keeps its stack.
+        del connection
+        output = wire.OutputStream(stream, _fd_of(stream), flushers)
+        try:
+            upgrade = Upgrade(ws_request.handshake, stream, output,
+                              received=ws_request.received,
+                              max_message=limits.max_message_size)
+            request, path = ws_request.request, ws_request.request.path
+            del ws_request
+            failed = False
+            try:
+                serving = on_websocket(upgrade, request)
+                del request
+                if serving is not None:
+                    await serving
+            except Closed:
+                logger.debug("websocket peer %s went away", peer)
+            except Exception:
+                failed = True
+                logger.exception("websocket handler failed: %s from %s", path, peer)
+            await _end_websocket(stream, upgrade, output, path, failed)
+        finally:
+            # The socket is closed after this; its descriptor number must not be written
+            # to again, whoever still holds the output stream. This also stops its flusher.
+            output.release()
     except* (trio.BrokenResourceError, trio.ClosedResourceError, _Hangup):
         logger.debug("connection from %s dropped", peer)
     except* Exception:
@@ -667,13 +686,70 @@ async def handle_connection(
 
 
 async def _guarded(handler: Callable[[trio.SocketStream], Awaitable[None]],
-                   stream: trio.SocketStream) -> None:
-    # trio.serve_listeners lets a handler exception cancel every other connection and the
-    # listener itself; keep the blast radius at one connection even for other handlers.
+                   stream: trio.SocketStream, address: str | None,
+                   limit: _PerAddress | None) -> None:
+    # A handler exception must not cancel every other connection and the listener; keep
+    # the blast radius at one connection even for handlers other than handle_connection.
     try:
         await handler(stream)
     except* Exception:
         logger.exception("connection handler crashed")
+    finally:
+        if limit is not None and address is not None:
+            limit.release(address)
+        await trio.aclose_forcefully(stream)
+
+
+class _PerAddress:
+    """Connections open per client address, counted from accept to close."""
+
+    __slots__ = ("maximum", "open", "refuse")
+
+    def __init__(self, maximum: int,
+                 refuse: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+        self.maximum = maximum
+        self.refuse = refuse
+        self.open: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        count = self.open.get(address, 0)
+        if count >= self.maximum:
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self.open[address] - 1
+        if count:
+            self.open[address] = count
+        else:
+            del self.open[address]
+
+
+async def _accept(listener: trio.SocketListener, handler_nursery: trio.Nursery,
+                  handler: Callable[[trio.SocketStream], Awaitable[None]],
+                  limit: _PerAddress | None) -> None:
+    # trio.serve_listeners' loop, without its own wrapper coroutine around each handler:
+    # an idle connection holds every coroutine frame on its stack for as long as it lasts.
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error("accept failed (%s); retrying in %s s", os.strerror(exc.errno),
+                             _ACCEPT_RETRY)
+                await trio.sleep(_ACCEPT_RETRY)
+                continue
+            if limit is None:
+                handler_nursery.start_soon(_guarded, handler, stream, None, None)
+                continue
+            address = peer_of(stream)[0]
+            if limit.admit(address):
+                handler_nursery.start_soon(_guarded, handler, stream, address, limit)
+            else:
+                handler_nursery.start_soon(_guarded, limit.refuse, stream, None, None)
 
 
 async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -701,20 +777,30 @@ async def serve_tcp(
     port: int,
     handler_nursery: trio.Nursery | None = None,
     *,
+    max_per_address: int = 0,
+    refuse: Callable[[trio.SocketStream], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host``:``port`` and run ``handler`` for every accepted connection.
 
     Reports ``(host, actual_port)`` through ``task_status`` once the sockets are
     listening (``port=0`` picks a free port), then serves until cancelled. Transient
-    accept failures such as EMFILE are retried by trio rather than raised. Handlers run
+    accept failures such as EMFILE are retried after a pause rather than raised. Handlers run
     in ``handler_nursery`` when given, so that cancelling the listener (to stop
-    accepting) leaves open connections to a graceful close.
+    accepting) leaves open connections to a graceful close. A handler that raises ends
+    its own connection only. With ``max_per_address``, a connection from an address that
+    already has that many open is given to ``refuse`` instead of ``handler`` (so a flood
+    from one address is turned away before it costs a parse or a handshake).
     """
     listeners = await _open_listeners(host, port)
     actual_port = listeners[0].socket.getsockname()[1]
     logger.debug("listening on %s port %d", host or "*", actual_port)
-    task_status.started((host, actual_port))
-    await trio.serve_listeners(
-        partial(_guarded, handler), listeners, handler_nursery=handler_nursery
-    )
+    limit = None
+    if max_per_address:
+        if refuse is None:
+            raise ValueError("max_per_address needs a refuse handler")
+        limit = _PerAddress(max_per_address, refuse)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, handler_nursery or nursery, handler, limit)
+        task_status.started((host, actual_port))

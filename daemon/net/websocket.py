@@ -56,6 +56,16 @@ _REMOTE_CLOSING: Final = ConnectionState.REMOTE_CLOSING
 _CLOSED: Final = ConnectionState.CLOSED
 
 
+def _read_now(fd: int) -> bytes | None:
+    """Return what a readable socket holds (b"" at its end or on an error), None if nothing."""
+    try:
+        return os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""  # reset by the peer
+
+
 class HandshakeError(Exception):
     """The upgrade request is not a valid WebSocket opening handshake.
 
@@ -126,6 +136,9 @@ class Handshake:
         return b"".join(lines)
 
 
+_ANSWERED: Final = Handshake(b"", ())
+
+
 class Upgrade:
     """A checked upgrade request that its handler must ``accept`` or ``reject`` (once)."""
 
@@ -159,9 +172,10 @@ class Upgrade:
         """
         if not self.pending:
             raise RuntimeError("the upgrade request was already answered")
-        if subprotocol is not None and subprotocol not in self._handshake.subprotocols:
+        if subprotocol is not None and subprotocol not in self.proposed_subprotocols:
             raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
         self._out.write(self._handshake.response(subprotocol))
+        self._handshake = _ANSWERED  # its key and offers are not needed any more
         self.websocket = WebSocket(self._stream, self._out, fd=self._out.fd,
                                    subprotocol=subprotocol, max_message=self._max_message,
                                    received=self._received)
@@ -219,9 +233,23 @@ class WebSocket:
             messages = self._handle_events()
             if messages:
                 return messages
+            del messages  # not held while waiting
             if self._ended is not None:
                 raise self._ended
-            data = await self._read()
+            fd = self._fd
+            if fd is None:
+                data: bytes | None = await self._read()
+            else:
+                # Waited for here rather than in _read: an idle connection waits here, and
+                # every coroutine frame on its stack is memory it holds all that time.
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    data = b""
+                else:
+                    data = _read_now(fd)
+                    if data is None:
+                        continue  # a spurious wake-up
             if not data:
                 self._ended = Closed(CloseReason.ABNORMAL_CLOSURE, "the connection dropped")
                 raise self._ended
@@ -302,12 +330,9 @@ class WebSocket:
                 await trio.lowlevel.wait_readable(fd)
             except trio.ClosedResourceError:
                 return b""
-            try:
-                return os.read(fd, _CHUNK)
-            except BlockingIOError:
-                continue  # a spurious wake-up
-            except OSError:
-                return b""  # reset by the peer
+            data = _read_now(fd)
+            if data is not None:
+                return data
 
     # --- keepalive -------------------------------------------------------------------------
 

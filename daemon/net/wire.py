@@ -55,13 +55,15 @@ class OutputStream(trio.abc.SendStream):
 
     __slots__ = ("_closed", "_cork", "_drained", "_flushing", "_head_started", "_inner",
                  "_nursery", "_pending", "error", "fd", "on_stall", "stall_timeout")
+    # _flushing: None, or the cancel scope of the running flusher (release() cancels it,
+    # so the flusher may run in a nursery shared by many connections).
 
     def __init__(self, inner: trio.abc.SendStream, fd: int | None, nursery: trio.Nursery, *,
                  stall_timeout: float = 10.0, on_stall: Callable[[], None] | None = None) -> None:
         self._inner = inner
         self.fd = fd
         self._nursery = nursery  # where flusher tasks run
-        self._flushing = False
+        self._flushing: trio.CancelScope | None = None
         self._cork: list[bytes] | None = None
         # What waits for the socket, oldest first; None while nothing does. A list, not a
         # deque: it is short-lived, bounded by the daemon's outbound_queue, and an empty
@@ -124,9 +126,9 @@ class OutputStream(trio.abc.SendStream):
             self._pending = [data]
         else:
             self._pending.append(data)
-        if not self._flushing:
-            self._flushing = True
-            self._nursery.start_soon(self._flush)
+        if self._flushing is None:
+            self._flushing = trio.CancelScope()
+            self._nursery.start_soon(self._flush, self._flushing)
 
     def discard_pending(self) -> None:
         """Drop what waits, except the rest of a frame already half on the wire."""
@@ -152,7 +154,7 @@ class OutputStream(trio.abc.SendStream):
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return once nothing waits for the socket (at once when nothing does)."""
-        if self._pending is None and not self._flushing:
+        if self._pending is None and self._flushing is None:
             await trio.lowlevel.checkpoint()
             return
         if self._drained is None:
@@ -171,6 +173,8 @@ class OutputStream(trio.abc.SendStream):
         self._cork = None
         self.on_stall = None
         self._drop_pending()
+        if self._flushing is not None:
+            self._flushing.cancel()
 
     async def aclose(self) -> None:
         self.release()
@@ -189,18 +193,19 @@ class OutputStream(trio.abc.SendStream):
 
     # --- the flusher -----------------------------------------------------------------------
 
-    async def _flush(self) -> None:
+    async def _flush(self, scope: trio.CancelScope) -> None:
         """Write pending output as the socket takes it; ends when nothing is pending."""
         try:
-            while self._pending is not None and not self._closed and self.error is None:
-                with trio.move_on_after(self.stall_timeout) as waited:
-                    await self._flush_some()
-                if waited.cancelled_caught and self._pending and self.on_stall is not None:
-                    # Once; the close that follows is bounded elsewhere.
-                    on_stall, self.on_stall = self.on_stall, None
-                    on_stall()
+            with scope:
+                while self._pending is not None and not self._closed and self.error is None:
+                    with trio.move_on_after(self.stall_timeout) as waited:
+                        await self._flush_some()
+                    if waited.cancelled_caught and self._pending and self.on_stall is not None:
+                        # Once; the close that follows is bounded elsewhere.
+                        on_stall, self.on_stall = self.on_stall, None
+                        on_stall()
         finally:
-            self._flushing = False
+            self._flushing = None
             if not self._pending:
                 self._drop_pending()
 
