@@ -589,13 +589,16 @@ class Daemon:
         period = max(0.02, min(interval, timeout) / 4)
         while True:
             await trio.sleep(period)
-            now = trio.current_time()
-            for conn in list(self.connections.values()):
-                if conn.close_code is None and not conn.transport.keepalive(now, interval,
-                                                                            timeout):
-                    self.counters["ping_timeouts"] += 1
-                    conn.close(CloseCode.INTERNAL_ERROR,
-                               f"keepalive ping timeout: no pong in {timeout:g} s", flush=False)
+            self._sweep(trio.current_time(), interval, timeout)
+
+    def _sweep(self, now: float, interval: float, timeout: float) -> None:
+        # Apart from keepalive's loop: a loop variable left in that frame would keep the
+        # last connection alive (and its socket's memory) until the next sweep.
+        for conn in list(self.connections.values()):
+            if conn.close_code is None and not conn.transport.keepalive(now, interval, timeout):
+                self.counters["ping_timeouts"] += 1
+                conn.close(CloseCode.INTERNAL_ERROR,
+                           f"keepalive ping timeout: no pong in {timeout:g} s", flush=False)
 
     # --- shutdown --------------------------------------------------------------------------
 

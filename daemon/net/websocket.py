@@ -199,8 +199,8 @@ class WebSocket:
     be readable; without one (TLS) the stream's ``receive_some`` is used.
     """
 
-    __slots__ = ("_broken", "_ended", "_fd", "_max_message", "_parts", "_parts_size", "_pings",
-                 "_stream", "_ws", "out", "subprotocol")
+    __slots__ = ("_ended", "_fd", "_max_message", "_parts", "_parts_size", "_pings",
+                 "_stream", "_wait_for_close", "_ws", "out", "subprotocol")
 
     def __init__(self, stream: trio.abc.Stream, out: wire.OutputStream, *, fd: int | None,
                  max_message: int, subprotocol: str | None = None, received: bytes = b"") -> None:
@@ -212,8 +212,13 @@ class WebSocket:
         self._ws = Connection(ConnectionType.SERVER, trailing_data=received)
         self._parts: list[str | bytes] | None = None  # a fragmented message being assembled
         self._parts_size = 0
-        self._ended: Closed | None = None  # how the connection ended, once it has
-        self._broken = False  # the peer broke the protocol: do not wait for its close frame
+        # How the connection ended, once it has: (code, reason). Not the Closed exception
+        # itself, whose traceback would hold this object's frames, and them this object: a
+        # reference cycle that only the cyclic GC could free.
+        self._ended: tuple[int, str] | None = None
+        # Whether aclose waits for the peer's close frame: not once the peer broke the
+        # protocol (its close would mean nothing), nor a second time.
+        self._wait_for_close = True
         self._pings: Pings | None = None  # from the keepalive sweeper's first visit
 
     @property
@@ -235,7 +240,7 @@ class WebSocket:
                 return messages
             del messages  # not held while waiting
             if self._ended is not None:
-                raise self._ended
+                raise Closed(*self._ended)
             fd = self._fd
             if fd is None:
                 data: bytes | None = await self._read()
@@ -251,8 +256,8 @@ class WebSocket:
                     if data is None:
                         continue  # a spurious wake-up
             if not data:
-                self._ended = Closed(CloseReason.ABNORMAL_CLOSURE, "the connection dropped")
-                raise self._ended
+                self._ended = (CloseReason.ABNORMAL_CLOSURE, "the connection dropped")
+                raise Closed(*self._ended)
             self._ws.receive_data(data)
 
     def _handle_events(self) -> list[str | bytes]:
@@ -305,17 +310,17 @@ class WebSocket:
         if ws.state is _REMOTE_CLOSING:  # the peer's close: answer it with its code
             self.out.write(bytes(ws.send(event.response())))
         elif ws.state is _OPEN:  # wsproto could not parse what the peer sent
-            self._broken = True
+            self._wait_for_close = False
             self.out.write(bytes(ws.send(CloseConnection(code=event.code,
                                                          reason=event.reason))))
         # LOCAL_CLOSING -> CLOSED: the peer answered our close; nothing to send.
-        self._ended = Closed(int(event.code), event.reason or "")
+        self._ended = (int(event.code), event.reason or "")
 
     def _too_big(self) -> None:
         self._parts = None
         self.out.write(bytes(self._ws.send(CloseConnection(
             code=CloseReason.MESSAGE_TOO_BIG, reason=f"message over {self._max_message} bytes"))))
-        self._ended = Closed(CloseReason.MESSAGE_TOO_BIG, "message too big")
+        self._ended = (CloseReason.MESSAGE_TOO_BIG, "message too big")
 
     async def _read(self) -> bytes:
         """Return the next bytes from the socket; b"" once it has closed or failed."""
@@ -359,17 +364,20 @@ class WebSocket:
         ws = self._ws
         if ws.state is _OPEN:
             self.out.write(bytes(ws.send(CloseConnection(code=code, reason=reason))))
-        while ws.state is _LOCAL_CLOSING and not self._broken:
-            # Until the peer's close frame comes, what else arrives is dropped.
-            data = await self._read()
-            if not data:
-                break
-            ws.receive_data(data)
-            for event in ws.events():
-                if type(event) is CloseConnection:
-                    if ws.state is not _CLOSED:  # a parse failure, not the peer's close
-                        self._broken = True
-                    break
         if self._ended is None:
-            self._ended = Closed(code, reason)
+            self._ended = (code, reason)
+        try:
+            while ws.state is _LOCAL_CLOSING and self._wait_for_close:
+                # Until the peer's close frame comes, what else arrives is dropped.
+                data = await self._read()
+                if not data:
+                    break
+                ws.receive_data(data)
+                for event in ws.events():
+                    if type(event) is CloseConnection:
+                        if ws.state is not _CLOSED:  # a parse failure, not the peer's close
+                            self._wait_for_close = False
+                        break
+        finally:
+            self._wait_for_close = False
         await self.out.wait_send_all_might_not_block()

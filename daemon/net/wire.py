@@ -181,7 +181,9 @@ class OutputStream(trio.abc.SendStream):
         await self._inner.aclose()
 
     def _fail(self, exc: OSError) -> None:
-        self.error = exc
+        # Kept without its traceback, whose frames hold this stream: a reference cycle.
+        self.error = exc.with_traceback(None)
+        self.error.__context__ = None
         self._drop_pending()
 
     def _drop_pending(self) -> None:
