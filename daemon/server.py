@@ -188,6 +188,7 @@ class Daemon:
         writer.on_batch_done = self._batch_done
         self.timers: dict[tuple[str, str], trio.CancelScope] = {}
         self.connection_closed = trio.Event()  # renewed by shutdown() while it waits
+        self._flush_due: trio.Event | None = None  # set: flush_corked has work (see _end_batch)
         self._next_conn = 0
         self._clock_offset = time.time() - trio.current_time()
         self.started_at = self.now()
@@ -444,7 +445,26 @@ class Daemon:
 
     def _end_batch(self, conn: Connection) -> None:
         conn.inbox, conn.inbox_at = (), 0
-        self._batch_done()
+        corked = self._corked
+        if corked is not None and len(corked) > 1 and self._flush_due is not None:
+            # Output for many connections (a join, a broadcast) stays corked until the
+            # flusher's turn, in the scheduler's next pass: the batches of the other
+            # connections that are ready in this pass likely write to the same peers, and
+            # each peer then gets one write for all of them (a join storm: one per pass,
+            # not one per join). A batch for one recipient (a relay) leaves at once.
+            self._flush_due.set()
+        else:
+            self._batch_done()
+
+    async def flush_corked(self) -> None:
+        """Uncork what batches with many recipients left corked, once per scheduler pass.
+
+        One task for the daemon; runs until cancelled.
+        """
+        while True:
+            self._flush_due = trio.Event()
+            await self._flush_due.wait()
+            self._batch_done()
 
     def _next_frame(self, conn: Connection, codec: Codec) -> Any:
         """Return the next valid frame of the batch in hand, None once it is done."""
@@ -705,6 +725,7 @@ async def _serve(
                 await refuse_connection(stream, 429, "too many connections from your address",
                                         tls=tls is not None)
 
+            handlers.start_soon(daemon.flush_corked)
             if config.ping_interval > 0:
                 handlers.start_soon(daemon.keepalive)
             address = await nursery.start(functools.partial(

@@ -305,12 +305,18 @@ async def test_signaling_relay_between_two_peers(connect: Connect) -> None:
         assert joined[-1]["type"] == "ok"
         # The newcomer offers; the one already in the call answers.
         assert [f for f in joined if f["type"] == "add-peer"] == [
-            {"type": "add-peer", "peer_id": alice.session_id, "should_create_offer": True}]
-        alice_add = await alice.recv_type("add-peer")
-        assert alice_add == {"type": "add-peer", "peer_id": bob.session_id,
-                             "should_create_offer": False}
-        in_call = await carol.recv_type("participant-updated")
-        assert in_call["participant"]["in_call"] is True
+            {"type": "add-peer", "peer_id": alice.session_id, "should_create_offer": True,
+             "participant": None}]
+        # Alice, in the call, gets Bob's new view with her add-peer, and no separate
+        # participant-updated; Carol, outside the call, gets that update.
+        alice_got = await drain(alice)
+        assert [f["type"] for f in alice_got] == ["add-peer"]
+        assert alice_got[0]["peer_id"] == bob.session_id
+        assert alice_got[0]["should_create_offer"] is False
+        assert alice_got[0]["participant"]["id"] == bob.session_id
+        assert alice_got[0]["participant"]["in_call"] is True
+        updates = [f for f in await drain(carol) if f["type"] == "participant-updated"]
+        assert updates[-1]["participant"] == alice_got[0]["participant"]
 
         offer = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"}
         ok = await bob.request({"type": "relay-session-description",

@@ -541,11 +541,25 @@ class Engine:
         session = self._participant(ctx)
         if not session.in_call:
             session.in_call = True
+            view = self.view(session)
+            peers = [other for other in session.room.sessions.values()
+                     if other is not session and other.in_call and other.live]
+            # Those in the call get one add-peer carrying the newcomer's view (the same
+            # frame for all, encoded once) instead of add-peer plus participant-updated;
+            # everyone else, the newcomer included, gets participant-updated.
+            in_call = tuple(other.conn for other in peers if other.conn is not None)
+            if in_call:
+                ctx.effects.append(Send(in_call, AddPeer(peer_id=session.id, participant=view)))
             # The newcomer offers to everyone already in the call (as in the seed design).
-            for other in session.room.sessions.values():
-                if other is not session and other.in_call and other.live:
-                    self._connect_peers(ctx, offerer=session, answerer=other)
-            ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
+            for other in peers:
+                session.add_edge(other.id)
+                other.add_edge(session.id)
+                if session.conn is not None:
+                    ctx.effects.append(Send((session.conn,), AddPeer(peer_id=other.id,
+                                                                     should_create_offer=True)))
+            rest = tuple(conn for conn in session.room.connections() if conn not in in_call)
+            if rest:
+                ctx.effects.append(Send(rest, ParticipantUpdated(participant=view)))
         ctx.ok()
 
     def _part(self, ctx: Context, request: Request) -> None:

@@ -21,6 +21,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 import tracemalloc
 
 import trio
@@ -62,6 +63,17 @@ trio.run(main)
 '''
 
 
+GC_TIME = [0.0]  # seconds spent in the cyclic GC, from gc.callbacks
+_gc_started = [0.0]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        GC_TIME[0] += time.perf_counter() - _gc_started[0]
+
+
 def rss_kb() -> int:
     for line in pathlib.Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -78,16 +90,22 @@ async def measure(args: argparse.Namespace) -> None:
             host, port = await nursery.start(daemon.serve, config)
             await run_client(host, port, 10, args.room_size)  # warm-up: lazy start-up work
             gc.collect()
-            before, rss_before = tracemalloc.take_snapshot(), rss_kb()
+            tracing = tracemalloc.is_tracing()
+            before = tracemalloc.take_snapshot() if tracing else None
+            rss_before = rss_kb()
             census_before = census()
+            cpu_before, gc_before = time.process_time(), GC_TIME[0]
             proc = await run_client(host, port, args.conns, args.room_size, keep=True)
+            print(json.dumps({"connect_cpu_s": round(time.process_time() - cpu_before, 3),
+                              "gc_pause_s": round(GC_TIME[0] - gc_before, 3),
+                              "gc_settings": args.gc}))
             gc.collect()
             rss_after = rss_kb()
             if args.census:  # before the snapshot, whose traces are objects too
                 report_census(args, census_before, census())
                 print_stack()
-            after = tracemalloc.take_snapshot()
-            report(args, before, after, rss_before, rss_after)
+            if before is not None:
+                report(args, before, tracemalloc.take_snapshot(), rss_before, rss_after)
             proc.kill()
             nursery.cancel_scope.cancel()
 
@@ -190,11 +208,17 @@ def main() -> None:
     parser.add_argument("--group", choices=["lineno", "filename", "traceback"], default="lineno")
     parser.add_argument("--frames", type=int, default=1, help="traceback depth to record")
     parser.add_argument("--census", action="store_true", help="also count objects by type")
+    parser.add_argument("--gc", choices=["serve", "default"], default="serve",
+                        help="roomctl serve's GC settings, or Python's defaults")
+    parser.add_argument("--no-trace", action="store_true",
+                        help="no tracemalloc (it slows allocation): CPU and GC figures only")
     args = parser.parse_args()
-    # As `roomctl serve` does (roomctl/cli.py).
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    tracemalloc.start(args.frames)
+    if args.gc == "serve":  # as `roomctl serve` does (roomctl/cli.py)
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
+    gc.callbacks.append(_time_gc)
+    if not args.no_trace:
+        tracemalloc.start(args.frames)
     os.environ.pop("ROOMCTL_TOKEN", None)
     trio.run(measure, args)
 
