@@ -572,3 +572,36 @@ async def test_serve_tcp_survives_crashing_handler(nursery: trio.Nursery) -> Non
             stream = await trio.open_tcp_stream(host, port)
             async with stream:
                 assert await read_until_eof(stream) == b"x"
+
+
+async def test_serve_tcp_refuses_connections_over_the_per_address_limit(
+        nursery: trio.Nursery) -> None:
+    async def greet(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"hi")
+        while await stream.receive_some(100):  # until the client hangs up
+            pass
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"no")
+
+    host, port = await nursery.start(partial(serve_tcp, greet, "127.0.0.1", 0,
+                                             max_per_address=2, refuse=refuse))
+
+    async def first_bytes(stream: trio.SocketStream) -> bytes:
+        with trio.fail_after(WAIT):
+            return await stream.receive_some(100)
+
+    a = await trio.open_tcp_stream(host, port)
+    b = await trio.open_tcp_stream(host, port)
+    assert [await first_bytes(a), await first_bytes(b)] == [b"hi", b"hi"]
+    async with await trio.open_tcp_stream(host, port) as c:
+        assert await first_bytes(c) == b"no"
+        assert await read_until_eof(c) == b""  # refused, and closed
+    await a.aclose()  # one fewer open from this address: the next one is let in
+    with trio.fail_after(WAIT):
+        while True:
+            async with await trio.open_tcp_stream(host, port) as d:
+                if await first_bytes(d) == b"hi":
+                    break
+            await trio.sleep(0.05)
+    await b.aclose()

@@ -80,6 +80,8 @@ class Peer:
         with trio.fail_after(WAIT):
             while True:
                 for frame in self.parser.received_frames():
+                    # The frames here are small; a partial one would be a test bug.
+                    assert frame.frame_finished, "a frame arrived in pieces"
                     return int(frame.opcode), frame.payload
                 data = await self.stream.receive_some(65536)
                 if not data:
