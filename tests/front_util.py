@@ -1,13 +1,16 @@
 """The front with recording handlers on a real port, shared by test_front and test_websocket.
 
 ``Recorder`` answers plain requests and echoes WebSocket messages on
-``daemon.net.websocket.WebSocket``; ``start_front`` serves it on 127.0.0.1 port 0.
+``daemon.net.websocket.WebSocket``; ``start_front`` serves it on 127.0.0.1 port 0. The
+``recorder`` and ``start_server`` fixtures are registered by conftest.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 
+import pytest
 import trio
 
 from daemon.net import wire
@@ -97,3 +100,14 @@ async def start_front(
     assert host == "127.0.0.1"
     assert port > 0
     return port
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def start_server(nursery: trio.Nursery, recorder: Recorder) -> StartServer:
+    """``await start_server(...)``: the front on a port of its own (see start_front)."""
+    return partial(start_front, nursery, recorder)

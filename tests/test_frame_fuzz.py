@@ -26,8 +26,6 @@ import os
 import pathlib
 import random
 import struct
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,8 +36,8 @@ import pytest
 import trio
 import wsproto.frame_protocol as fp
 
-from tests.conftest import ROOT, WAIT, Client, ServeProcess
-from tests.test_fuzz import healthz, history, open_ws
+from tests.conftest import WAIT, Client, ServeProcess
+from tests.test_fuzz import healthz, history, logged_daemon, open_ws
 
 FRAMES = int(os.environ.get("FRAME_FUZZ_FRAMES", "3000"))
 SEED = int(os.environ.get("FRAME_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 32))))
@@ -61,23 +59,9 @@ REQUESTS = [
 
 @pytest.fixture
 def daemon(tmp_path: pathlib.Path) -> Iterator[tuple[ServeProcess, pathlib.Path]]:
-    """A ``roomctl serve`` whose stderr goes to a file (its size must not stall it)."""
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "roomctl", "serve", "--port", "0", "--memory",
-             "--data-dir", str(tmp_path / "data"), "--log-level", "warning",
-             "--handshake-timeout", "2", "--rate-limit", "0", "--grace", "2"],
-            stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("listening on http://"), (line, log.read_text())
-        host, _, port = line.removeprefix("listening on http://").rpartition(":")
-        yield ServeProcess(proc, host, int(port), tmp_path / "data"), log
-    finally:
-        proc.kill()
-        proc.wait(timeout=WAIT)
+    with logged_daemon(tmp_path, "--handshake-timeout", "2", "--rate-limit", "0",
+                       "--grace", "2") as running:
+        yield running
 
 
 # --- making frames --------------------------------------------------------------------------

@@ -22,19 +22,9 @@ from daemon.net.front import (
     handle_connection,
     serve_tcp,
 )
-from tests.front_util import Recorder, StartServer, start_front
+from tests.front_util import Recorder, StartServer
 
 WAIT = 5.0  # upper bound for any single network wait in these tests
-
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def start_server(nursery: trio.Nursery, recorder: Recorder) -> StartServer:
-    return partial(start_front, nursery, recorder)
-
 
 class HttpClient:
     """Minimal keep-alive HTTP/1.1 client on top of h11."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable
-from functools import partial
 
 import h11
 import pytest
@@ -20,21 +19,11 @@ import wsproto.frame_protocol as fp
 from daemon.net.front import FrontLimits, HttpRequest, Upgrade
 from daemon.net.transport import Closed
 from daemon.net.websocket import Handshake, HandshakeError, WebSocket
-from tests.front_util import Recorder, StartServer, start_front
+from tests.front_util import Recorder, StartServer
 
 WAIT = 5.0
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
 TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
-
-
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def start_server(nursery: trio.Nursery, recorder: Recorder) -> StartServer:
-    return partial(start_front, nursery, recorder)
 
 
 def upgrade_head(path: str = "/ws", *extra: bytes, version: bytes = b"13",

@@ -134,12 +134,10 @@ DEFAULT_LIMITS: Final = FrontLimits()
 class _Reject(Exception):
     """Answer the current request with an error status, then close the connection."""
 
-    def __init__(self, status: int, reason: str,
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        self.headers = headers
 
 
 class _Hangup(Exception):
@@ -322,6 +320,8 @@ class _Connection:
         try:
             return await self._serve()
         except _Reject as exc:
+            await self._fail(exc.status, exc.reason)
+        except HandshakeError as exc:
             await self._fail(exc.status, exc.reason, exc.headers)
         except h11.RemoteProtocolError as exc:
             await self._fail(exc.error_status_hint, str(exc))
@@ -492,10 +492,7 @@ class _Connection:
                     value.decode("idna")
                 except UnicodeError:
                     raise _Reject(400, "invalid Host header") from None
-        try:
-            handshake = Handshake.from_request(event)
-        except HandshakeError as exc:
-            raise _Reject(exc.status, exc.reason, exc.headers) from None
+        handshake = Handshake.from_request(event)  # HandshakeError: answered by run()
         # Bytes the client sent right behind the head (its first frames) belong to wsproto.
         received, _ = self._h11.trailing_data
         return _WebSocketRequest(handshake, _build_request(event, self._peer, b""),
