@@ -3,14 +3,19 @@
 Theory of operation
 -------------------
 One TCP port. ``daemon.net.front`` parses each request head: plain HTTP (health, metrics)
-is answered here; WebSocket upgrades to ``/v1/rooms/{room}`` and ``/v1/admin`` become
-``Connection`` objects. A connection's reader decodes frames and feeds the engine; the
-effects it gets back are applied in order. A broadcast is encoded and framed once per
-wire format, and the same bytes are written to every recipient through its
-``wire.OutputStream``: straight to the socket when it can take them, otherwise into a
-bounded, ordered buffer that the connection's flusher drains. Too much pending output
-(or none of it moving for ``send_timeout``) means the peer does not read fast enough:
-it is closed with 4011, never waited for, so one slow consumer cannot stall a room.
+is answered here; WebSocket upgrades to ``/v1/rooms/{room}`` and ``/v1/admin`` are accepted
+by ``on_websocket`` and served by ``serve_connection`` as ``Connection`` objects, in the
+connection's one task: it takes the batch of messages each read brought
+(``daemon.net.transport.Transport.receive``; a ``daemon.net.websocket.WebSocket`` here),
+decodes each and feeds the engine; the effects it gets back are applied in order, and what
+the batch makes the daemon send is corked and leaves in one write per recipient when the
+batch is done. The loop sees only the ``Transport`` interface, never a socket. A broadcast
+is encoded and framed once per wire format, and the same bytes are written to every
+recipient through its ``wire.OutputStream``: straight to the socket when it can take
+them, otherwise into a bounded, ordered buffer that the connection's flusher drains. Too
+much pending output (or none of it moving for ``send_timeout``) means the peer does not
+read fast enough: it is closed with 4011, never waited for, so one slow consumer cannot
+stall a room.
 
 Durable effects go to the store's single writer task, which commits them in order and
 runs their ``on_commit`` callbacks in that order from one task; the engine's
@@ -36,39 +41,36 @@ need no store write: ``apply``) and store batch sizes (``_batch_done``).
 Queues, and what happens when each is full:
 * a connection's output (``wire.OutputStream``): over ``outbound_queue`` writes waiting
   for the socket, or no progress for ``send_timeout``: closed with 4011;
-* a connection's input (trio-websocket's message queue, 64 frames): its reader stops
-  reading the socket, so TCP pushes back on that client alone;
+* a connection's input: one read (64 KiB) at a time, handled before the next read, so
+  TCP pushes back on that client alone;
 * the store writer's queue (4096 jobs): the connection submitting waits, so a flood of
   writes slows its sender, not the room's readers;
 * timers: one per disconnected session, so bounded by the sessions.
 
 Limits on what one client may cost (each a ``Config`` field and a ``roomctl serve`` option):
-connections per client address (counted in ``_serve``'s ``on_tcp``: one more gets a 429
-and is closed before anything is read); the TLS handshake and request head within
-``head_timeout`` (``daemon.net.front``); an allowed ``Origin`` for browsers (``on_websocket``,
-before accept); a valid hello within ``handshake_timeout``; requests per second per
-connection after the hello (``daemon.net.ratelimit``: ``rate-limited``, then 1008); frame
-size (1009); and a pong to each keepalive ping (one sweeper task, ``Daemon.keepalive``;
-1011 when none comes).
+connections per client address (counted by ``daemon.net.front.serve_tcp`` from accept to
+close: one more gets a 429 and is closed before anything is read); the TLS handshake and
+request head within ``head_timeout`` (``daemon.net.front``); an allowed ``Origin`` for
+browsers (``on_websocket``, before accept); a valid hello within ``handshake_timeout``;
+requests per second per connection after the hello (``daemon.net.ratelimit``:
+``rate-limited``, then 1008); message size (1009, ``daemon.net.websocket``); and a pong to
+each keepalive ping (one sweeper task, ``Daemon.keepalive``; 1011 when none comes).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import math
 import re
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 import msgspec
 import trio
-import trio_websocket
 
 from daemon import metrics, notify
 from daemon.apps.api import App
@@ -98,14 +100,15 @@ from daemon.net.front import (
     FrontLimits,
     HttpRequest,
     HttpResponse,
+    Upgrade,
     handle_connection,
     peer_of,
     refuse_connection,
     serve_tcp,
 )
-from daemon.net.keepalive import Pings
 from daemon.net.origins import origin_allowed
 from daemon.net.ratelimit import RateLimit, RequestLimiter, Verdict
+from daemon.net.transport import Closed, Sink, Transport
 from daemon.store import Store, StoreWriter
 from daemon.tokens import Authority, ensure_join_secret
 from protocol import (
@@ -116,6 +119,7 @@ from protocol import (
     WireFormat,
     local,
     negotiate,
+    relay,
 )
 from protocol import admin as adm
 from protocol.messages import ConnectionLimits, Error, Hello, Request
@@ -133,30 +137,38 @@ def _address(peer: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass(eq=False)
 class Connection:
-    """One accepted WebSocket and its ordered output buffer."""
+    """One client connection being served: its transport, wire format and limits."""
 
-    id: ConnId
-    ws: trio_websocket.WebSocketConnection
-    out: wire.OutputStream
-    format: WireFormat
-    peer: tuple[str, int]
-    max_pending: int
-    reader_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    close_code: int | None = None
-    close_reason: str = ""
-    flush_before_close: bool = True
-    bad_frames: int = 0
-    is_admin: bool = False
-    detached: bool = False  # the engine was told the connection is gone
-    on_close: Callable[[Connection], None] | None = None
-    limiter: RequestLimiter | None = None  # None: not rate limited (or not yet welcomed)
-    pings: Pings | None = None  # the keepalive sweeper's state, from its first visit
-    # Where its session is, once welcomed: the log still names them after the engine
-    # has let go of the connection (a close detaches it at once).
-    room: str | None = None
-    session: str | None = None
+    __slots__ = ("bad_frames", "close_code", "close_reason", "detached", "flush_before_close",
+                 "format", "id", "inbox", "inbox_at", "is_admin", "limiter", "max_pending",
+                 "on_close", "out", "peer", "reader_scope", "room", "session", "transport")
+
+    def __init__(self, conn_id: ConnId, transport: Transport, fmt: WireFormat,
+                 peer: tuple[str, int], max_pending: int, *, is_admin: bool = False,
+                 on_close: Callable[[Connection], None] | None = None) -> None:
+        self.id = conn_id
+        self.transport = transport
+        self.out: Sink = transport.out
+        self.format = fmt
+        self.peer = peer
+        self.max_pending = max_pending
+        self.is_admin = is_admin
+        self.on_close = on_close
+        self.reader_scope = trio.CancelScope()  # the serving task's; cancelled to close
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.flush_before_close = True
+        self.bad_frames = 0
+        self.detached = False  # the engine was told the connection is gone
+        self.limiter: RequestLimiter | None = None  # None: not rate limited (or not welcomed)
+        # The messages of the batch being handled, and how many of them are done.
+        self.inbox: Sequence[str | bytes] = ()
+        self.inbox_at = 0
+        # Where its session is, once welcomed: the log still names them after the engine
+        # has let go of the connection (a close detaches it at once).
+        self.room: str | None = None
+        self.session: str | None = None
 
     def enqueue(self, payload: bytes) -> None:
         """Write one framed message; too much unwritten output closes it as a slow consumer."""
@@ -169,6 +181,10 @@ class Connection:
         """Close the connection as a slow consumer if too many writes wait for its socket."""
         if self.out.pending > self.max_pending:
             self.close(CloseCode.SLOW_CONSUMER, "outbound queue overflowed", flush=False)
+
+    def stalled(self) -> None:
+        """The output made no progress for the send timeout: the peer stopped reading."""
+        self.close(CloseCode.SLOW_CONSUMER, "the peer stopped reading", flush=False)
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Ask the connection's task to close with ``code``.
@@ -209,7 +225,8 @@ class Daemon:
                              max_participants=config.max_participants,
                              empty_timeout=config.empty_timeout, limits=limits,
                              sign_token=self.authority.issue)
-        room_types = self.engine.request_types()
+        # Relays are read as forwarding types: their payload is passed on as sent.
+        room_types = relay.forwarding(self.engine.request_types())
         admin_types: tuple[type[Request], ...] = (Hello, *adm.ADMIN_REQUESTS)
         self.room_codecs = {f: Codec(f, room_types, max_frame_bytes=config.max_frame_bytes)
                             for f in WireFormat}
@@ -222,6 +239,7 @@ class Daemon:
         writer.on_batch_done = self._batch_done
         self.timers: dict[tuple[str, str], trio.CancelScope] = {}
         self.connection_closed = trio.Event()  # renewed by shutdown() while it waits
+        self._flush_due: trio.Event | None = None  # set: flush_corked has work (see _end_batch)
         self._next_conn = 0
         self._clock_offset = time.time() - trio.current_time()
         self.started_at = self.now()
@@ -482,13 +500,14 @@ class Daemon:
 
     # --- WebSocket -------------------------------------------------------------------------
 
-    async def on_websocket(self, ws_request: trio_websocket.WebSocketRequest,
-                           request: HttpRequest) -> None:
+    def on_websocket(self, upgrade: Upgrade, request: HttpRequest) -> Awaitable[None] | None:
+        """Refuse an upgrade, or accept it (a room or the admin endpoint) and return the
+        coroutine that serves it."""
         match = ROOM_PATH.match(request.path)
         is_admin = request.path == ADMIN_PATH
         if match is None and not is_admin:
-            await ws_request.reject(404, body=b'{"error":"not found"}')
-            return
+            upgrade.reject(404, b'{"error":"not found"}')
+            return None
         origin = request.headers.get("origin")
         if origin is not None and not origin_allowed(origin, request.headers.get("host"),
                                                      self.config.allowed_origins):
@@ -498,33 +517,54 @@ class Daemon:
             self.refusals.info(trio.current_time(), "refused a WebSocket from origin %r (peer %s)",
                                origin[:100], where, extra={"event": "origin-refused",
                                                            "peer": where})
-            await ws_request.reject(403, body=b'{"error":"origin not allowed"}')
-            return
-        offered = list(ws_request.proposed_subprotocols)
+            upgrade.reject(403, b'{"error":"origin not allowed"}')
+            return None
+        offered = upgrade.proposed_subprotocols
         fmt = negotiate(offered)
         if fmt is None:
-            await ws_request.reject(400, body=b'{"error":"unsupported subprotocol"}')
-            return
-        ws = await ws_request.accept(subprotocol=fmt.value if offered else None)
+            upgrade.reject(400, b'{"error":"unsupported subprotocol"}')
+            return None
+        ws = upgrade.accept(fmt.value if offered else None)
+        room = None if match is None else unquote(match.group(1))
+        return self.serve_connection(ws, fmt, request.peer, room=room)
+
+    async def serve_connection(self, transport: Transport, fmt: WireFormat,
+                               peer: tuple[str, int], *, room: str | None) -> None:
+        """Serve one connection until it ends, then close it; ``room`` None is the admin
+        endpoint.
+
+        The transport is a WebSocket of this process, or any other ``Transport`` (such as
+        a connection whose socket lives on another node). Returns when the connection has
+        ended and is closed; nothing but cancellation propagates out.
+        """
         self._next_conn += 1
-        out = ws._stream  # the front wraps every WebSocket's stream in a wire.OutputStream
-        assert isinstance(out, wire.OutputStream)
-        conn = Connection(self._next_conn, ws, out, fmt, request.peer, self.config.outbound_queue,
-                          is_admin=is_admin, on_close=self._detach)
+        conn = Connection(self._next_conn, transport, fmt, peer, self.config.outbound_queue,
+                          is_admin=room is None, on_close=self._detach)
+        out = conn.out
         out.stall_timeout = self.config.send_timeout
-        out.on_stall = lambda: conn.close(CloseCode.SLOW_CONSUMER, "the peer stopped reading",
-                                          flush=False)
+        out.on_stall = conn.stalled
         self.connections[conn.id] = conn
         self.counters["connections_accepted"] += 1
         try:
             with conn.reader_scope:
                 try:
-                    if is_admin:
+                    if room is None:
                         await self._serve_admin(conn)
-                    else:
-                        assert match is not None
-                        await self._serve_room(conn, unquote(match.group(1)))
-                except trio_websocket.ConnectionClosed:
+                    elif await self._enter_room(conn, room):
+                        # The room's requests, here rather than in a helper: an idle
+                        # connection waits in this frame, and every coroutine on its stack
+                        # is memory it holds all that time.
+                        codec = self.room_codecs[conn.format]
+                        while True:
+                            frame = self._next_frame(conn, codec)
+                            if frame is None:
+                                self._end_batch(conn)
+                                self._start_batch(conn, await transport.receive())
+                            elif conn.limiter is None or self._within_rate(conn, conn.limiter,
+                                                                          frame):
+                                await self.apply(self.engine.request(conn.id, frame,
+                                                                     self.now()))
+                except Closed:
                     pass
         except Exception:
             log.exception("connection %d from %s failed", conn.id, conn.peer)
@@ -532,10 +572,13 @@ class Daemon:
             conn.close_reason = conn.close_reason or "internal error"
             conn.flush_before_close = False
         finally:
+            self._end_batch(conn)  # what a batch cut short corked leaves now
             self._detach(conn)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self.config.close_timeout
                 await self._finish(conn)
+            # Nothing may keep the connection alive now: freed by reference counting alone.
+            out.on_stall = conn.on_close = None
             del self.connections[conn.id]
             self.connection_closed.set()
 
@@ -547,24 +590,66 @@ class Daemon:
                 self.apply_now(self.engine.disconnect(conn.id, self.now()))
 
     async def _finish(self, conn: Connection) -> None:
-        """Close the WebSocket: after what is queued, or at once for a slow consumer."""
+        """Close the connection: after what is queued, or at once for a slow consumer."""
         if conn.close_code == CloseCode.SLOW_CONSUMER:
             self.counters["slow_consumer_closes"] += 1
             self._log_close(conn, "slow-consumer")
         if not conn.flush_before_close:
             conn.out.discard_pending()
-        await conn.ws.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
+        await conn.transport.aclose(conn.close_code or CloseCode.NORMAL, conn.close_reason)
 
     async def _receive(self, conn: Connection, codec: Codec) -> Any:
         """Return the next valid frame; answers bad ones and closes after too many."""
+        while (frame := self._next_frame(conn, codec)) is None:
+            self._end_batch(conn)
+            self._start_batch(conn, await conn.transport.receive())
+        return frame
+
+    # Messages come in batches, all that one read brought. What handling a batch sends is
+    # corked (see _send) and leaves in one write per recipient once the batch is done,
+    # before the connection waits for more.
+
+    def _start_batch(self, conn: Connection, batch: Sequence[str | bytes]) -> None:
+        conn.inbox, conn.inbox_at = batch, 0
+        self.counters["frames_received"] += len(batch)
+        self.received_at = trio.current_time()
+        if self._corked is None:
+            self._corked = []
+
+    def _end_batch(self, conn: Connection) -> None:
+        conn.inbox, conn.inbox_at = (), 0
+        corked = self._corked
+        if corked is not None and len(corked) > 1 and self._flush_due is not None:
+            # Output for many connections (a join, a broadcast) stays corked until the
+            # flusher's turn, in the scheduler's next pass: the batches of the other
+            # connections that are ready in this pass likely write to the same peers, and
+            # each peer then gets one write for all of them (a join storm: one per pass,
+            # not one per join). A batch for one recipient (a relay) leaves at once.
+            self._flush_due.set()
+        else:
+            self._batch_done()
+
+    async def flush_corked(self) -> None:
+        """Uncork what batches with many recipients left corked, once per scheduler pass.
+
+        One task for the daemon; runs until cancelled.
+        """
         while True:
-            data = await conn.ws.get_message()
-            self.received_at = trio.current_time()
-            self.counters["frames_received"] += 1
+            self._flush_due = trio.Event()
+            await self._flush_due.wait()
+            self._batch_done()
+
+    def _next_frame(self, conn: Connection, codec: Codec) -> Any:
+        """Return the next valid frame of the batch in hand, None once it is done."""
+        inbox = conn.inbox
+        while conn.inbox_at < len(inbox):
+            data = inbox[conn.inbox_at]
+            conn.inbox_at += 1
             try:
                 return codec.decode(data)
             except ProtocolError as exc:
                 self._reject(conn, codec.ref_of(data), exc)
+        return None
 
     def _reject(self, conn: Connection, ref: str | None, exc: ProtocolError) -> None:
         self.counters["bad_frames"] += 1
@@ -584,26 +669,23 @@ class Daemon:
         conn.close(CloseCode.HELLO_TIMEOUT, "no hello in time")
         return None
 
-    async def _serve_room(self, conn: Connection, room: str) -> None:
+    async def _enter_room(self, conn: Connection, room: str) -> bool:
+        """Take hellos until one is welcomed; return False if the connection was closed."""
         codec = self.room_codecs[conn.format]
         deadline = trio.current_time() + self.config.handshake_timeout
         while not self.engine.welcomed(conn.id):
             hello = await self._hello(conn, codec, deadline)
             if hello is None:
-                return
+                return False
             access = self._access(conn, hello)
             if access is None:
-                return
+                return False
             await self.apply(self.engine.hello(conn.id, room, hello, self.now(), access))
             if conn.close_code is not None:
-                return
+                return False
         conn.room, conn.session = self.engine.session_of(conn.id) or (room, None)
         conn.limiter = self._limiter(access)
-        while True:
-            frame = await self._receive(conn, codec)
-            if conn.limiter is not None and not self._within_rate(conn, conn.limiter, frame):
-                continue
-            await self.apply(self.engine.request(conn.id, frame, self.now()))
+        return True
 
     async def _serve_admin(self, conn: Connection) -> None:
         codec = self.admin_codecs[conn.format]
@@ -678,18 +760,17 @@ class Daemon:
         period = max(0.02, min(interval, timeout) / 4)
         while True:
             await trio.sleep(period)
-            now = trio.current_time()
-            for conn in list(self.connections.values()):
-                if conn.close_code is not None or conn.ws.closed is not None:
-                    continue
-                if conn.pings is None:
-                    conn.pings = Pings(now, interval)
-                elif not conn.pings.step(conn.ws, conn.out, now, interval=interval,
-                                         timeout=timeout):
-                    self.counters["ping_timeouts"] += 1
-                    conn.close(CloseCode.INTERNAL_ERROR,
-                               f"keepalive ping timeout: no pong in {timeout:g} s", flush=False)
-                    self._log_close(conn, "ping-timeout")
+            self._sweep(trio.current_time(), interval, timeout)
+
+    def _sweep(self, now: float, interval: float, timeout: float) -> None:
+        # Apart from keepalive's loop: a loop variable left in that frame would keep the
+        # last connection alive (and its socket's memory) until the next sweep.
+        for conn in list(self.connections.values()):
+            if conn.close_code is None and not conn.transport.keepalive(now, interval, timeout):
+                self.counters["ping_timeouts"] += 1
+                conn.close(CloseCode.INTERNAL_ERROR,
+                           f"keepalive ping timeout: no pong in {timeout:g} s", flush=False)
+                self._log_close(conn, "ping-timeout")
 
     _CLOSE_REASONS = {
         "rate-limit": "kept sending over the rate limit (1008)",
@@ -813,38 +894,33 @@ async def _serve(
             limits = FrontLimits(max_head_bytes=config.max_head_bytes,
                                  head_timeout=config.head_timeout,
                                  max_message_size=config.max_frame_bytes)
-            # Connections open per client address, counted from accept to close, so a
-            # flood from one address is turned away before it costs a parse or a handshake.
-            per_address: collections.Counter[str] = collections.Counter()
-            max_per_address = config.max_connections_per_address
+            handle_client = functools.partial(
+                handle_connection, on_http=daemon.on_http, on_websocket=daemon.on_websocket,
+                limits=limits, tls=tls, flushers=handlers)
 
-            async def on_tcp(stream: trio.SocketStream) -> None:
-                peer = peer_of(stream)
-                address = peer[0]
-                if max_per_address and per_address[address] >= max_per_address:
-                    daemon.counters["address_limit_refusals"] += 1
-                    daemon.refusals.info(trio.current_time(),
-                                         "refused a connection from %s: %d open already",
-                                         address, max_per_address,
-                                         extra={"event": "address-limit", "peer": address})
-                    await refuse_connection(stream, 429, "too many connections from your address",
-                                            tls=tls is not None)
-                    return
-                per_address[address] += 1
+            async def refuse(stream: trio.SocketStream) -> None:
+                daemon.counters["address_limit_refusals"] += 1
+                address = peer_of(stream)[0]
+                daemon.refusals.info(trio.current_time(),
+                                     "refused a connection from %s: %d open already",
+                                     address, config.max_connections_per_address,
+                                     extra={"event": "address-limit", "peer": address})
+                await refuse_connection(stream, 429, "too many connections from your address",
+                                        tls=tls is not None)
+
+            async def serve_client(stream: trio.SocketStream) -> None:
                 daemon.tcp_connections += 1
                 try:
-                    await handle_connection(stream, on_http=daemon.on_http,
-                                            on_websocket=daemon.on_websocket, limits=limits,
-                                            peer=peer, tls=tls)
+                    await handle_client(stream)
                 finally:
                     daemon.tcp_connections -= 1
-                    per_address[address] -= 1
-                    if not per_address[address]:
-                        del per_address[address]
 
+            handlers.start_soon(daemon.flush_corked)
             if config.ping_interval > 0:
                 handlers.start_soon(daemon.keepalive)
-            address = await nursery.start(serve_tcp, on_tcp, config.host, config.port, handlers)
+            address = await nursery.start(functools.partial(
+                serve_tcp, serve_client, config.host, config.port, handlers,
+                max_per_address=config.max_connections_per_address, refuse=refuse))
             await _log_started(config, address, tls is not None)
             task_status.started(address)
             listening = True

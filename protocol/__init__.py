@@ -3,7 +3,7 @@
 Pure data: this package imports nothing but msgspec and the standard library.
 """
 
-from protocol import admin, chat
+from protocol import admin, chat, relay
 from protocol.codec import SUBPROTOCOLS, Codec, WireFormat, negotiate
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.messages import (
@@ -37,4 +37,5 @@ __all__ = [
     "admin",
     "chat",
     "negotiate",
+    "relay",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from protocol import relay
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.limits import MAX_FRAME_BYTES
 from protocol.messages import Frame
@@ -56,8 +57,7 @@ class _RefOnly(msgspec.Struct):
     ref: Any = None
 
 
-def _union(types: Iterable[type[Frame]]) -> Any:
-    unique = tuple(dict.fromkeys(types))
+def _union(unique: tuple[type[Frame], ...]) -> Any:
     if not unique:
         raise ValueError("a codec needs at least one frame type")
     return typing.Union[unique]  # noqa: UP007 - built at run time from a tuple of types
@@ -78,7 +78,8 @@ class Codec:
     """Encodes outgoing frames and decodes incoming ones in one wire format.
 
     ``incoming`` are the frame types this side accepts (requests on the daemon,
-    events on a client).
+    events on a client). Relayed payloads (``protocol.relay``) are checked on the way in
+    and converted on the way out only when they are in the other wire format.
     """
 
     def __init__(
@@ -90,20 +91,41 @@ class Codec:
     ) -> None:
         self.format = fmt
         self.max_frame_bytes = max_frame_bytes
-        union = _union(incoming)
+        types = tuple(dict.fromkeys(incoming))
+        union = _union(types)
         self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder
         if fmt is WireFormat.JSON:
             self._encoder = msgspec.json.Encoder()
             self._decoder: Any = msgspec.json.Decoder(union)
             self._ref_decoder: Any = msgspec.json.Decoder(_RefOnly)
+            decoder_type: Any = msgspec.json.Decoder
+            self._foreign: Any = msgspec.msgpack.Decoder()  # a payload in the other format
         else:
             self._encoder = msgspec.msgpack.Encoder()
             self._decoder = msgspec.msgpack.Decoder(union)
             self._ref_decoder = msgspec.msgpack.Decoder(_RefOnly)
+            decoder_type = msgspec.msgpack.Decoder
+            self._foreign = msgspec.json.Decoder()
+        # Forwarded payloads among the incoming types: their field and a checking decoder.
+        self._checks: dict[type, tuple[str, Any]] = {
+            kind: (name, decoder_type(schema))
+            for kind, (name, schema) in relay.PAYLOADS.items() if kind in types
+        }
 
     def encode(self, frame: Frame) -> bytes:
         """Return the frame's bytes (UTF-8 JSON text, or MessagePack)."""
+        payload_field = relay.PAYLOADS.get(type(frame))
+        if payload_field is not None:
+            frame = self._in_my_format(frame, payload_field[0])
         return self._encoder.encode(frame)
+
+    def _in_my_format(self, frame: Frame, name: str) -> Frame:
+        """Return ``frame`` with its forwarded payload in this codec's format."""
+        payload = getattr(frame, name)
+        if relay.is_json(payload) == (self.format is WireFormat.JSON):
+            return frame
+        converted = msgspec.Raw(self._encoder.encode(self._foreign.decode(payload)))
+        return msgspec.structs.replace(frame, **{name: converted})
 
     def decode(self, data: bytes | str) -> Frame:
         """Return the frame ``data`` holds.
@@ -132,7 +154,24 @@ class Codec:
         except RecursionError:
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 "malformed frame: nested too deeply") from None
+        check = self._checks.get(type(frame))
+        if check is not None:
+            self._check_payload(frame, *check)
         return frame
+
+    @staticmethod
+    def _check_payload(frame: Frame, name: str, decoder: Any) -> None:
+        """Raise ProtocolError (bad-request) unless a forwarded payload fits its schema."""
+        try:
+            decoder.decode(getattr(frame, name))
+        except msgspec.ValidationError as exc:
+            # msgspec's path starts at the payload; say where that is in the frame.
+            text = str(exc)
+            text = text.replace("`$", f"`$.{name}") if "`$" in text else f"{text} - at `$.{name}`"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid frame: {text}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"malformed frame: {name}: {exc}") from None
 
     def ref_of(self, data: bytes | str) -> str | None:
         """Best-effort ``ref`` of a frame that failed to decode, to echo in the error."""

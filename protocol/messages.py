@@ -248,10 +248,15 @@ class ParticipantLeft(Event, tag="participant-left", frozen=True, kw_only=True):
 
 
 class AddPeer(Event, tag="add-peer", frozen=True, kw_only=True):
-    """``peer_id`` is in the mesh with you; if ``should_create_offer``, you send the offer."""
+    """``peer_id`` is in the mesh with you; if ``should_create_offer``, you send the offer.
+
+    ``participant``, when set, is that peer's participant view: it just joined the call,
+    and this frame stands in for the ``participant-updated`` saying so.
+    """
 
     peer_id: SessionId
     should_create_offer: bool = False
+    participant: Participant | None = None
 
 
 class RemovePeer(Event, tag="remove-peer", frozen=True, kw_only=True):

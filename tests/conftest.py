@@ -27,6 +27,7 @@ import trio_websocket
 
 import daemon
 from daemon.config import read_admin_token
+from tests.front_util import recorder, start_server  # noqa: F401 - fixtures for the front's tests
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAIT = 5.0  # seconds any single expected frame may take

@@ -308,12 +308,18 @@ async def test_signaling_relay_between_two_peers(connect: Connect) -> None:
         assert joined[-1]["type"] == "ok"
         # The newcomer offers; the one already in the call answers.
         assert [f for f in joined if f["type"] == "add-peer"] == [
-            {"type": "add-peer", "peer_id": alice.session_id, "should_create_offer": True}]
-        alice_add = await alice.recv_type("add-peer")
-        assert alice_add == {"type": "add-peer", "peer_id": bob.session_id,
-                             "should_create_offer": False}
-        in_call = await carol.recv_type("participant-updated")
-        assert in_call["participant"]["in_call"] is True
+            {"type": "add-peer", "peer_id": alice.session_id, "should_create_offer": True,
+             "participant": None}]
+        # Alice, in the call, gets Bob's new view with her add-peer, and no separate
+        # participant-updated; Carol, outside the call, gets that update.
+        alice_got = await drain(alice)
+        assert [f["type"] for f in alice_got] == ["add-peer"]
+        assert alice_got[0]["peer_id"] == bob.session_id
+        assert alice_got[0]["should_create_offer"] is False
+        assert alice_got[0]["participant"]["id"] == bob.session_id
+        assert alice_got[0]["participant"]["in_call"] is True
+        updates = [f for f in await drain(carol) if f["type"] == "participant-updated"]
+        assert updates[-1]["participant"] == alice_got[0]["participant"]
 
         offer = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"}
         ok = await bob.request({"type": "relay-session-description",
@@ -338,11 +344,11 @@ async def test_signaling_relay_between_two_peers(connect: Connect) -> None:
         relayed = await bob.recv_type("ice-candidate")
         assert relayed == {"type": "ice-candidate", "peer_id": alice.session_id,
                            "candidate": candidate}
-        end = {"candidate": "", "sdpMid": None, "sdpMLineIndex": None, "usernameFragment": None}
+        # Passed on as sent: missing fields are not filled in.
         await bob.request({"type": "relay-ice-candidate", "peer_id": alice.session_id,
                            "candidate": {"candidate": ""}})
         relayed = await alice.recv_type("ice-candidate")
-        assert relayed["peer_id"] == bob.session_id and relayed["candidate"] == end
+        assert relayed["peer_id"] == bob.session_id and relayed["candidate"] == {"candidate": ""}
 
         parted = await exchange(bob, {"type": "part"})
         assert parted[-1]["type"] == "ok"
@@ -354,6 +360,71 @@ async def test_signaling_relay_between_two_peers(connect: Connect) -> None:
         # Carol, not in the call, saw no signaling at all.
         carol_saw = {f["type"] for f in await drain(carol)}
         assert carol_saw <= {"participant-updated"}
+
+
+def relay_frame(peer_id: str | None, candidate: str) -> str:
+    return f'{{"type":"relay-ice-candidate","peer_id":"{peer_id}","candidate":{candidate}}}'
+
+
+async def test_relayed_payloads_are_passed_on_as_sent_and_converted_between_formats(
+        connect: Connect) -> None:
+    # Fields the daemon does not know are kept (a browser's newer RTCIceCandidateInit
+    # members, say), missing optional ones stay missing, and the bytes are not rebuilt:
+    # odd spacing survives JSON to JSON. Between JSON and MessagePack the payload is
+    # converted, keeping every field.
+    async with connect("raw") as alice, connect("raw") as bob, \
+            connect("raw", binary=True) as carol:
+        for client, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+            await client.hello(name)
+        for client in (alice, bob, carol):
+            await exchange(client, {"type": "join"})
+        await drain(alice)
+        await drain(bob)
+        await drain(carol)
+
+        candidate = ('{"candidate" :  "candidate:1 1 udp 1 127.0.0.1 9 typ host",'
+                     ' "sdpMid":"0", "x-future": {"nested": [1, 2.5, null]}}')
+        await alice.send_raw(relay_frame(bob.session_id, candidate))
+        with trio.fail_after(WAIT):
+            raw = await bob.ws.get_message()
+        assert isinstance(raw, str)
+        assert raw == f'{{"type":"ice-candidate","peer_id":"{alice.session_id}",' \
+                      f'"candidate":{candidate}}}'
+
+        await alice.send_raw(relay_frame(carol.session_id, candidate))
+        relayed = await carol.recv_type("ice-candidate")
+        assert relayed["candidate"] == json.loads(candidate)  # a MessagePack map now
+
+        description = {"type": "offer", "sdp": "v=0\r\n", "x-extra": b"\x00\xff".hex()}
+        await carol.send({"type": "relay-session-description", "peer_id": alice.session_id,
+                          "description": description})
+        relayed = await alice.recv_type("session-description")
+        assert relayed == {"type": "session-description", "peer_id": carol.session_id,
+                           "description": description}
+
+
+async def test_relayed_payloads_are_still_checked(connect: Connect) -> None:
+    async with connect("checked") as alice, connect("checked", binary=True) as bob:
+        await alice.hello("alice")
+        await bob.hello("bob")
+        await exchange(alice, {"type": "join"})
+        await exchange(bob, {"type": "join"})
+        for client, peer in ((alice, bob), (bob, alice)):
+            for bad in [
+                {"type": "relay-session-description", "description": {"type": "bogus"}},
+                {"type": "relay-session-description", "description": "v=0"},
+                {"type": "relay-session-description",
+                 "description": {"type": "offer", "sdp": "x" * (48 * 1024 + 1)}},
+                {"type": "relay-ice-candidate", "candidate": {"candidate": "c" * 1025}},
+                {"type": "relay-ice-candidate", "candidate": {"sdpMLineIndex": "zero"}},
+                {"type": "relay-ice-candidate", "candidate": [1, 2]},
+            ]:
+                reply = await client.request({**bad, "peer_id": peer.session_id})
+                assert (reply["type"], reply["code"]) == ("error", "bad-request"), (bad, reply)
+        error = await alice.request({"type": "relay-ice-candidate", "peer_id": bob.session_id,
+                                     "candidate": {"sdpMLineIndex": "zero"}})
+        assert "$.candidate.sdpMLineIndex" in error["message"]
+        assert {f["type"] for f in await drain(bob)} <= {"participant-updated", "add-peer"}
 
 
 async def test_msgpack_and_json_clients_share_a_room(connect: Connect) -> None:

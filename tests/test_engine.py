@@ -82,6 +82,12 @@ from protocol.messages import (
     SetMediaState,
     Welcome,
 )
+from protocol.relay import (
+    ForwardIceCandidate,
+    ForwardSessionDescription,
+    IceCandidateForwarded,
+    SessionDescriptionForwarded,
+)
 
 GRACE = 30.0
 ROOM = "lobby"
@@ -692,16 +698,39 @@ def test_the_first_to_join_gets_no_peers(pair: Engine) -> None:
 def test_a_newcomer_to_the_call_offers_to_each_peer_already_in_it(pair: Engine) -> None:
     pair.request(ALICE, Join(), T0 + 2)
 
+    bob = person("s2", "bob", T0 + 1, in_call=True)
+    # Alice, in the call, learns of Bob's new view from her add-peer alone: one frame for
+    # the newcomer, not add-peer and participant-updated. Bob gets his own update.
     assert pair.request(BOB, Join(ref="j"), T0 + 3) == [
-        Send((ALICE,), AddPeer(peer_id="s2", should_create_offer=False)),
+        Send((ALICE,), AddPeer(peer_id="s2", should_create_offer=False, participant=bob)),
         Send((BOB,), AddPeer(peer_id="s1", should_create_offer=True)),
-        Send((ALICE, BOB), ParticipantUpdated(participant=person("s2", "bob", T0 + 1,
-                                                                 in_call=True))),
+        Send((BOB,), ParticipantUpdated(participant=bob)),
         Send((BOB,), Ok(ref="j")),
     ]
     # Joining again changes nothing; without a ref there is not even an ok.
     assert pair.request(BOB, Join(ref="again"), T0 + 4) == [Send((BOB,), Ok(ref="again"))]
     assert pair.request(BOB, Join(), T0 + 4) == []
+
+
+def test_a_join_sends_the_peers_one_frame_for_the_newcomer(pair: Engine) -> None:
+    # Three in the call, then a fourth joins: its add-peer is the same frame for all three
+    # peers (encoded once), and participant-updated goes only to those who get no add-peer
+    # for it (here the joiner alone).
+    for conn, name in ((CAROL, "carol"), (OBSERVER, "dave")):
+        pair.hello(conn, ROOM, Hello(name=name), T0 + 2)
+    for conn in (ALICE, BOB, CAROL):
+        pair.request(conn, Join(), T0 + 3)
+
+    effects = pair.request(OBSERVER, Join(), T0 + 4)
+
+    sends = [e for e in effects if isinstance(e, Send)]
+    to_peers = [e for e in sends if isinstance(e.frame, AddPeer) and e.frame.participant]
+    assert [sorted(e.to) for e in to_peers] == [sorted((ALICE, BOB, CAROL))]
+    assert all(isinstance(e.frame, AddPeer) and e.frame.should_create_offer
+               for e in sends if e.to == (OBSERVER,) and isinstance(e.frame, AddPeer))
+    updates = [e for e in sends if isinstance(e.frame, ParticipantUpdated)]
+    assert [e.to for e in updates] == [(OBSERVER,)]
+    assert sum(len(e.to) for e in sends) == 3 + 3 + 1  # before: 3 + 3 + 4 frames
 
 
 def test_part_drops_both_ends_of_each_edge(pair: Engine) -> None:
@@ -725,8 +754,9 @@ def test_a_peer_in_grace_is_not_offered_to_newcomers_until_it_resumes(pair: Engi
 
     # Carol (s3) joins: only Bob is live in the call.
     joined = pair.request(CAROL, Join(), T0 + 6)
+    carol = person("s3", "carol", T0 + 5, in_call=True)
     assert [e for e in joined if isinstance(e, Send) and isinstance(e.frame, AddPeer)] == [
-        Send((BOB,), AddPeer(peer_id="s3", should_create_offer=False)),
+        Send((BOB,), AddPeer(peer_id="s3", should_create_offer=False, participant=carol)),
         Send((CAROL,), AddPeer(peer_id="s2", should_create_offer=True)),
     ]
     # Alice resumes: she keeps her edge to Bob and offers to Carol, whom she never met.
@@ -761,6 +791,23 @@ def test_relay_delivers_to_the_target_with_the_sender_as_peer_id(pair: Engine) -
     assert pair.request(BOB, RelaySessionDescription(peer_id="s1", description=offer),
                         T0 + 3) == [
         Send((ALICE,), SessionDescriptionRelayed(peer_id="s2", description=offer)),
+    ]
+
+
+def test_a_forwarded_relay_passes_the_very_payload_on(pair: Engine) -> None:
+    # What the daemon decodes (protocol.relay): the payload is the sender's bytes.
+    candidate = msgspec.Raw(b'{"candidate":"c","x-new":1}')
+    description = msgspec.Raw(b'{"type":"offer","sdp":"v=0"}')
+
+    effects = pair.request(ALICE, ForwardIceCandidate(peer_id="s2", candidate=candidate),
+                           T0 + 2)
+    assert effects == [Send((BOB,), IceCandidateForwarded(peer_id="s1", candidate=candidate))]
+    assert isinstance(effects[0], Send) and isinstance(effects[0].frame, IceCandidateForwarded)
+    assert effects[0].frame.candidate is candidate
+    assert pair.request(BOB, ForwardSessionDescription(peer_id="s1", description=description,
+                                                       ref="d"), T0 + 3) == [
+        Send((ALICE,), SessionDescriptionForwarded(peer_id="s2", description=description)),
+        Send((BOB,), Ok(ref="d")),
     ]
 
 

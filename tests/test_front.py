@@ -1,9 +1,12 @@
-"""Tests for daemon.net.front: real TCP on 127.0.0.1, real trio-websocket clients."""
+"""Tests for daemon.net.front: real TCP on 127.0.0.1, real trio-websocket clients.
+
+The WebSocket handler here is a plain echo on ``daemon.net.websocket.WebSocket``; the
+daemon's own handler is tested in test_daemon.py and the rest of the suite.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 import h11
@@ -14,92 +17,14 @@ import trio_websocket
 
 from daemon.net.front import (
     FrontLimits,
-    HttpHandler,
     HttpRequest,
     HttpResponse,
-    WebSocketHandler,
     handle_connection,
     serve_tcp,
 )
+from tests.front_util import Recorder, StartServer
 
 WAIT = 5.0  # upper bound for any single network wait in these tests
-
-StartServer = Callable[..., Awaitable[int]]
-
-
-class Recorder:
-    """Handlers that remember what they were called with."""
-
-    def __init__(self) -> None:
-        self.http: list[HttpRequest] = []
-        self.ws: list[HttpRequest] = []
-        self.proposed: list[tuple[str, ...]] = []
-        self.finished = 0  # handle_connection calls that returned
-
-    async def wait_finished(self, count: int, timeout: float = 1.0) -> None:
-        with trio.fail_after(timeout):
-            while self.finished < count:
-                await trio.sleep(0.01)
-
-    async def on_http(self, request: HttpRequest) -> HttpResponse:
-        self.http.append(request)
-        if request.path == "/boom":
-            raise RuntimeError("handler bug")
-        if request.path == "/missing":
-            return HttpResponse(404, b'{"error":"no such room"}')
-        if request.path == "/echo-body":
-            return HttpResponse(200, request.body, content_type="application/octet-stream")
-        return HttpResponse(200, b'{"ok":true}', headers=(("X-Room", "abc"),))
-
-    async def on_websocket(
-        self, ws_request: trio_websocket.WebSocketRequest, request: HttpRequest
-    ) -> None:
-        self.ws.append(request)
-        self.proposed.append(ws_request.proposed_subprotocols)
-        if request.path == "/ignore":
-            return  # neither accept() nor reject()
-        if request.path == "/reject":
-            await ws_request.reject(403, body=b"nope")
-            return
-        subprotocol = "roomctl.v1" if "roomctl.v1" in ws_request.proposed_subprotocols else None
-        ws = await ws_request.accept(subprotocol=subprotocol)
-        await ws.send_message("hello")
-        while True:
-            message = await ws.get_message()
-            if message == "boom":
-                raise RuntimeError("websocket handler bug")
-            await ws.send_message(message)
-
-
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def start_server(nursery: trio.Nursery, recorder: Recorder) -> StartServer:
-    async def start(
-        *,
-        on_http: HttpHandler | None = None,
-        on_websocket: WebSocketHandler | None = None,
-        limits: FrontLimits | None = None,
-    ) -> int:
-        async def handler(stream: trio.SocketStream) -> None:
-            await handle_connection(
-                stream,
-                on_http=on_http or recorder.on_http,
-                on_websocket=on_websocket or recorder.on_websocket,
-                limits=limits or FrontLimits(),
-            )
-            recorder.finished += 1
-
-        host, port = await nursery.start(serve_tcp, handler, "127.0.0.1", 0)
-        assert host == "127.0.0.1"
-        assert port > 0
-        return port
-
-    return start
-
 
 class HttpClient:
     """Minimal keep-alive HTTP/1.1 client on top of h11."""
@@ -637,3 +562,36 @@ async def test_serve_tcp_survives_crashing_handler(nursery: trio.Nursery) -> Non
             stream = await trio.open_tcp_stream(host, port)
             async with stream:
                 assert await read_until_eof(stream) == b"x"
+
+
+async def test_serve_tcp_refuses_connections_over_the_per_address_limit(
+        nursery: trio.Nursery) -> None:
+    async def greet(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"hi")
+        while await stream.receive_some(100):  # until the client hangs up
+            pass
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"no")
+
+    host, port = await nursery.start(partial(serve_tcp, greet, "127.0.0.1", 0,
+                                             max_per_address=2, refuse=refuse))
+
+    async def first_bytes(stream: trio.SocketStream) -> bytes:
+        with trio.fail_after(WAIT):
+            return await stream.receive_some(100)
+
+    a = await trio.open_tcp_stream(host, port)
+    b = await trio.open_tcp_stream(host, port)
+    assert [await first_bytes(a), await first_bytes(b)] == [b"hi", b"hi"]
+    async with await trio.open_tcp_stream(host, port) as c:
+        assert await first_bytes(c) == b"no"
+        assert await read_until_eof(c) == b""  # refused, and closed
+    await a.aclose()  # one fewer open from this address: the next one is let in
+    with trio.fail_after(WAIT):
+        while True:
+            async with await trio.open_tcp_stream(host, port) as d:
+                if await first_bytes(d) == b"hi":
+                    break
+            await trio.sleep(0.05)
+    await b.aclose()

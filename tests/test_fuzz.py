@@ -25,6 +25,7 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,15 +55,15 @@ ROOMS = ["fuzz", "witness", "fuzz2"]
 # --- the daemon and its witnesses -------------------------------------------------------------
 
 
-@pytest.fixture
-def daemon(tmp_path: pathlib.Path) -> Iterator[tuple[ServeProcess, pathlib.Path]]:
-    """A ``roomctl serve`` whose stderr goes to a file (its size must not stall it)."""
+@contextmanager
+def logged_daemon(tmp_path: pathlib.Path, *args: str
+                  ) -> Iterator[tuple[ServeProcess, pathlib.Path]]:
+    """Run a ``roomctl serve`` whose stderr goes to a file (its size must not stall it)."""
     log = tmp_path / "daemon.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "roomctl", "serve", "--port", "0", "--memory",
-             "--data-dir", str(tmp_path / "data"), "--log-level", "warning",
-             "--handshake-timeout", "2"],
+             "--data-dir", str(tmp_path / "data"), "--log-level", "warning", *args],
             stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None
@@ -73,6 +74,12 @@ def daemon(tmp_path: pathlib.Path) -> Iterator[tuple[ServeProcess, pathlib.Path]
     finally:
         proc.kill()
         proc.wait(timeout=WAIT)
+
+
+@pytest.fixture
+def daemon(tmp_path: pathlib.Path) -> Iterator[tuple[ServeProcess, pathlib.Path]]:
+    with logged_daemon(tmp_path, "--handshake-timeout", "2") as running:
+        yield running
 
 
 async def open_ws(sp: ServeProcess, path: str, subprotocols: list[str] | None = None

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from protocol import admin, chat, messages
+from protocol import admin, chat, messages, relay
 from protocol.codec import Codec, WireFormat, negotiate
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.limits import MAX_FRAME_BYTES
@@ -400,3 +400,58 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 def test_a_codec_needs_frame_types() -> None:
     with pytest.raises(ValueError):
         Codec(WireFormat.JSON, [])
+
+
+# --- relayed payloads: checked, then passed on as sent (protocol.relay) ----------------------
+
+FORWARDING_TYPES = relay.forwarding(tuple(REQUEST_TYPES))
+FORWARDED_EVENTS = (relay.IceCandidateForwarded, relay.SessionDescriptionForwarded)
+
+
+def test_the_daemon_reads_relays_with_their_payload_as_sent() -> None:
+    assert relay.ForwardIceCandidate in FORWARDING_TYPES
+    assert messages.RelayIceCandidate not in FORWARDING_TYPES
+    for fmt, encode in ((WireFormat.JSON, msgspec.json.encode),
+                        (WireFormat.MSGPACK, msgspec.msgpack.encode)):
+        codec = Codec(fmt, FORWARDING_TYPES)
+        payload = {"candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host", "x-new": [1]}
+        frame = codec.decode(encode({"type": "relay-ice-candidate", "peer_id": "b2",
+                                     "candidate": payload}))
+        assert isinstance(frame, relay.ForwardIceCandidate)
+        assert bytes(frame.candidate) == encode(payload)
+        assert relay.is_json(frame.candidate) is (fmt is WireFormat.JSON)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_a_relayed_payload_must_fit_its_schema(fmt: WireFormat) -> None:
+    codec = Codec(fmt, FORWARDING_TYPES)
+    encode = msgspec.json.encode if fmt is WireFormat.JSON else msgspec.msgpack.encode
+    for bad in [{"type": "relay-session-description", "peer_id": "b", "description": 7},
+                {"type": "relay-session-description", "peer_id": "b",
+                 "description": {"type": "nope"}},
+                {"type": "relay-ice-candidate", "peer_id": "b",
+                 "candidate": {"sdpMLineIndex": "0"}}]:
+        err = _error(codec, encode(bad))
+        assert err.code is ErrorCode.BAD_REQUEST
+        assert "$.description" in err.message or "$.candidate" in err.message, err.message
+
+
+@pytest.mark.parametrize("source", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("target", FORMATS, ids=lambda f: f.name)
+def test_a_forwarded_payload_is_converted_only_between_formats(
+        source: WireFormat, target: WireFormat) -> None:
+    payload = {"type": "offer", "sdp": "v=0\r\n", "x-extra": {"a": [1, None, "ü"]}}
+    incoming = Codec(source, FORWARDING_TYPES).decode(
+        (msgspec.json.encode if source is WireFormat.JSON else msgspec.msgpack.encode)(
+            {"type": "relay-session-description", "peer_id": "b2", "description": payload}))
+    assert isinstance(incoming, relay.ForwardSessionDescription)
+    event = relay.SessionDescriptionForwarded(peer_id="a1", description=incoming.description)
+    data = Codec(target, FORWARDED_EVENTS).encode(event)
+    wire = json.loads(data) if target is WireFormat.JSON else msgspec.msgpack.decode(data)
+    assert wire == {"type": "session-description", "peer_id": "a1", "description": payload}
+    if source is target:  # the very bytes, not a re-encoding
+        assert bytes(incoming.description) in data
+    # A client's typed codec reads it as the documented event.
+    typed = Codec(target, EVENT_TYPES).decode(data)
+    assert typed == messages.SessionDescriptionRelayed(
+        peer_id="a1", description=SessionDescription(type="offer", sdp="v=0\r\n"))

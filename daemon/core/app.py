@@ -235,6 +235,7 @@ class Context:
         log_seqs = [w.seq for w in appends]
         room = self.room
         window = self.engine.key_window
+        later = self._later()
 
         def on_commit(now: float) -> list[Effect]:
             if log_seqs:
@@ -244,7 +245,7 @@ class Context:
                     room.remember_key(write.key, write.seq, write.at, window=window)
             if then is None:
                 return []
-            ctx = self._later(now)
+            ctx = later(now)
             then(ctx)
             return ctx.effects
 
@@ -260,7 +261,7 @@ class Context:
             if log_seqs and isinstance(committed, int):
                 room.last_seq = room.next_seq = committed
             code = getattr(exc, "code", None)
-            ctx = self._later(now)
+            ctx = later(now)
             ctx.error(code if isinstance(code, ErrorCode) else ErrorCode.INTERNAL,
                       getattr(exc, "public_message", None)
                       or "the store failed to save this; it was not applied",
@@ -278,19 +279,30 @@ class Context:
         respond: Callable[[Context, list[LogEntry]], None],
     ) -> None:
         """Read a page of the room's log; ``respond`` gets a fresh context and the entries."""
+        later = self._later()
 
         def on_entries(entries: list[Any], now: float) -> list[Effect]:
-            ctx = self._later(now)
+            ctx = later(now)
             respond(ctx, entries)
             return ctx.effects
 
         def on_failure(exc: BaseException, now: float) -> list[Effect]:
-            ctx = self._later(now)
+            ctx = later(now)
             ctx.error(ErrorCode.INTERNAL, "the store failed to read the history")
             return ctx.effects
 
         self.effects.append(Query(self.room.name, after, before, limit, on_entries, on_failure))
 
-    def _later(self, now: float) -> Context:
-        """A fresh context of this request's room, session and ref, at ``now``."""
-        return Context(self.engine, self.room, self.session, self.ref, now, conn=self.conn)
+    def _later(self) -> Callable[[float], Context]:
+        """Return a maker of fresh contexts of this request's room, session and ref.
+
+        It holds those, not this context: a callback that held the context would hold its
+        effects, which hold the callback, and the cycle would outlive the connection.
+        """
+        engine, room, session, ref, conn = self.engine, self.room, self.session, self.ref, \
+            self.conn
+
+        def later(now: float) -> Context:
+            return Context(engine, room, session, ref, now, conn=conn)
+
+        return later

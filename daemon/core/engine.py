@@ -74,8 +74,8 @@ from daemon.core.effects import (
 from daemon.core.records import DeleteRoom as DeleteRoomRecord
 from daemon.core.records import DropSession, PutRoom, StoredRoom, StoredSession, Write
 from daemon.core.routes import Route, handles, routes_of
-from daemon.core.state import Room, Session, SessionState
-from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, Grant, ProtocolError, Request
+from daemon.core.state import NO_EDGES, Room, Session, SessionState
+from protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, Event, Grant, ProtocolError, Request
 from protocol import admin as adm
 from protocol.limits import IDEMPOTENCY_WINDOW
 from protocol.messages import (
@@ -102,6 +102,12 @@ from protocol.messages import (
     SessionDescriptionRelayed,
     SetMediaState,
     Welcome,
+)
+from protocol.relay import (
+    ForwardIceCandidate,
+    ForwardSessionDescription,
+    IceCandidateForwarded,
+    SessionDescriptionForwarded,
 )
 
 __all__ = ["DEFAULT_EMPTY_TIMEOUT", "DEFAULT_GRACE", "Engine", "Room", "Session",
@@ -255,7 +261,7 @@ class Engine:
                 media=MediaState(audio_muted=stored.audio_muted,
                                  video_muted=stored.video_muted),
                 grants=frozenset(Grant(g) for g in stored.grants), identity=stored.identity,
-                peers=set(stored.peers))
+                peers=set(stored.peers) or None)
             if session.hidden:
                 continue  # an observer ends with its connection: nothing to resume
             room.sessions[session.id] = session
@@ -307,7 +313,7 @@ class Engine:
                 meta=session.room.app.encode_session_meta(session.meta),
                 grants=sorted(session.grants), identity=session.identity,
                 in_call=session.in_call, audio_muted=session.media.audio_muted,
-                video_muted=session.media.video_muted, peers=sorted(session.peers)))
+                video_muted=session.media.video_muted, peers=sorted(session.edges())))
         self._changed.clear()
         return writes
 
@@ -604,14 +610,14 @@ class Engine:
         ctx.reply(self._welcome(session, hello.ref, resumed=True))
         if not session.hidden:
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)), exclude_self=True)
-        for peer_id in sorted(session.stale_peers - session.peers):
+        for peer_id in sorted((session.stale_peers or NO_EDGES) - session.edges()):
             ctx.effects.append(Send((conn,), RemovePeer(peer_id=peer_id)))
-        session.stale_peers.clear()
+        session.stale_peers = None
         if session.in_call:
             # Peers that entered the mesh while this one was away have no edge to it yet.
             for other in room.sessions.values():
                 if other is not session and other.in_call and other.live \
-                        and other.id not in session.peers:
+                        and other.id not in session.edges():
                     self._connect_peers(ctx, offerer=session, answerer=other)
         return ctx.effects
 
@@ -699,8 +705,8 @@ class Engine:
     # --- the mesh --------------------------------------------------------------------------
 
     def _connect_peers(self, ctx: Context, *, offerer: Session, answerer: Session) -> None:
-        offerer.peers.add(answerer.id)
-        answerer.peers.add(offerer.id)
+        offerer.add_edge(answerer.id)
+        answerer.add_edge(offerer.id)
         self.changed(offerer)
         self.changed(answerer)
         for to, peer, offer in ((answerer, offerer, False), (offerer, answerer, True)):
@@ -710,21 +716,22 @@ class Engine:
                 )
 
     def _drop_edges(self, ctx: Context, session: Session) -> None:
-        for peer_id in sorted(session.peers):
+        for peer_id in sorted(session.edges()):
             other = session.room.sessions.get(peer_id)
             if other is None:
                 continue
-            other.peers.discard(session.id)
+            if other.peers is not None:
+                other.peers.discard(session.id)
             self.changed(other)
             if other.conn is not None:
                 ctx.effects.append(Send((other.conn,), RemovePeer(peer_id=session.id)))
             else:
-                other.stale_peers.add(session.id)
+                other.add_stale_edge(session.id)
             if session.conn is not None:
                 ctx.effects.append(Send((session.conn,), RemovePeer(peer_id=other.id)))
             else:
-                session.stale_peers.add(other.id)
-        session.peers.clear()
+                session.add_stale_edge(other.id)
+        session.peers = None
 
     @staticmethod
     def _participant(ctx: Context) -> Session:
@@ -742,11 +749,25 @@ class Engine:
         if not session.in_call:
             session.in_call = True
             self.changed(session)
+            view = self.view(session)
+            peers = [other for other in session.room.sessions.values()
+                     if other is not session and other.in_call and other.live]
+            # Those in the call get one add-peer carrying the newcomer's view (the same
+            # frame for all, encoded once) instead of add-peer plus participant-updated;
+            # everyone else, the newcomer included, gets participant-updated.
+            in_call = tuple(other.conn for other in peers if other.conn is not None)
+            if in_call:
+                ctx.effects.append(Send(in_call, AddPeer(peer_id=session.id, participant=view)))
             # The newcomer offers to everyone already in the call (as in the seed design).
-            for other in session.room.sessions.values():
-                if other is not session and other.in_call and other.live:
-                    self._connect_peers(ctx, offerer=session, answerer=other)
-            ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
+            for other in peers:
+                session.add_edge(other.id)
+                other.add_edge(session.id)
+                if session.conn is not None:
+                    ctx.effects.append(Send((session.conn,), AddPeer(peer_id=other.id,
+                                                                     should_create_offer=True)))
+            rest = tuple(conn for conn in session.room.connections() if conn not in in_call)
+            if rest:
+                ctx.effects.append(Send(rest, ParticipantUpdated(participant=view)))
         ctx.ok()
 
     @handles(Part, grant=Grant.MEDIA)
@@ -759,16 +780,25 @@ class Engine:
             ctx.broadcast(ParticipantUpdated(participant=self.view(session)))
         ctx.ok()
 
-    @handles(RelayIceCandidate, RelaySessionDescription, grant=Grant.MEDIA)
-    def _relay(self, ctx: Context, request: RelayIceCandidate | RelaySessionDescription) -> None:
+    @handles(RelayIceCandidate, RelaySessionDescription, ForwardIceCandidate,
+             ForwardSessionDescription, grant=Grant.MEDIA)
+    def _relay(self, ctx: Context, request: Request) -> None:
+        # The daemon decodes relays as Forward* (the payload as its sender's bytes, see
+        # protocol.relay); the typed Relay* are accepted too, for embedders and tests.
+        assert isinstance(request, _RELAYS)
         session = self._participant(ctx)
         target = session.room.sessions.get(request.peer_id)
         if target is None or target.hidden or target is session:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no peer {request.peer_id!r} in this room")
         if target.conn is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"peer {request.peer_id!r} is reconnecting")
-        frame: IceCandidateRelayed | SessionDescriptionRelayed
-        if isinstance(request, RelayIceCandidate):
+        frame: Event
+        if isinstance(request, ForwardSessionDescription):
+            frame = SessionDescriptionForwarded(peer_id=session.id,
+                                                description=request.description)
+        elif isinstance(request, ForwardIceCandidate):
+            frame = IceCandidateForwarded(peer_id=session.id, candidate=request.candidate)
+        elif isinstance(request, RelayIceCandidate):
             frame = IceCandidateRelayed(peer_id=session.id, candidate=request.candidate)
         else:
             frame = SessionDescriptionRelayed(peer_id=session.id, description=request.description)
@@ -976,3 +1006,5 @@ class Engine:
 _ALL_ROUTES = routes_of(Engine)
 Engine.admin_routes = {t: r for t, r in _ALL_ROUTES.items() if t in adm.ADMIN_REQUESTS}
 Engine.routes = {t: r for t, r in _ALL_ROUTES.items() if t not in adm.ADMIN_REQUESTS}
+_RELAYS = (RelayIceCandidate, RelaySessionDescription, ForwardIceCandidate,
+           ForwardSessionDescription)

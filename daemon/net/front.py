@@ -1,9 +1,8 @@
 # Theory of operation
 # -------------------
-# The daemon serves plain HTTP (health checks, REST calls) and WebSocket signaling on the
-# same port. trio_websocket.serve_websocket cannot do that: it answers any request that is
-# not an upgrade with a bare 400 and never calls our handler. So we own the accept loop and
-# the first parse of every request:
+# The daemon serves plain HTTP (health checks, REST calls, the web page) and WebSocket
+# signaling on the same port, so we own the accept loop and the one parse of every request
+# head:
 #
 #   serve_tcp -> handle_connection(stream)
 #                  [with tls: the first bytes must start a TLS handshake (plain HTTP gets a
@@ -12,38 +11,40 @@
 #                  h11 parses the request head (bounded size, bounded time)
 #                  |- plain request: read the (bounded) body, call on_http, write an HTTP/1.1
 #                  |  response, loop for keep-alive
-#                  `- GET + Upgrade: websocket: rebuild the head bytes that h11 consumed, put
-#                     them in front of the socket (_PrefixedStream) and let
-#                     trio_websocket.wrap_server_stream parse them again and run the real
-#                     handshake; then call on_websocket(ws_request, http_request)
+#                  `- GET + Upgrade: websocket: check the opening handshake from the head h11
+#                     already parsed (daemon.net.websocket.Handshake; a bad one gets 400 or
+#                     426 here), drop h11 and its buffers, and call on_websocket(upgrade,
+#                     http_request). The handler rejects (an HTTP status and a JSON body,
+#                     then close) or accepts (101; wsproto's Connection takes the socket
+#                     over, with whatever bytes followed the head) and returns the
+#                     coroutine that serves the connection, in this same task.
+#
+# Hypercorn's protocol/h11.py and protocol/ws_stream.py split HTTP and WebSocket the same
+# way. Every byte a WebSocket writes goes through one wire.OutputStream.
 #
 # Failure containment: every connection runs in its own task, and everything except
 # cancellation is caught here and turned into an HTTP 500 or a WebSocket close 1011 for that
 # one connection, so a handler bug cannot take the listener down.
-#
-# Two private trio-websocket attributes are read (WebSocketRequest._connection and
-# WebSocketConnection._wsproto.state) because the public API has no way to reach the
-# connection object of a request or to tell whether accept()/reject() was called. The
-# dependency is pinned to trio-websocket 0.12.x in pyproject.toml.
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from functools import partial
 from http import HTTPStatus
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
-import trio_websocket
 
 from daemon.net import wire
+from daemon.net.transport import Closed
+from daemon.net.websocket import Handshake, HandshakeError, Upgrade
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -51,6 +52,7 @@ __all__ = [
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
+    "Upgrade",
     "WebSocketHandler",
     "handle_connection",
     "peer_of",
@@ -73,6 +75,11 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _RESERVED_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 _NO_PEER: Final = ("", 0)
 _TLS_HANDSHAKE_RECORD: Final = 0x16  # the first byte of every TLS ClientHello
+# accept(2) failures that mean "overloaded, try again" (as trio.serve_listeners has them).
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                            errno.ENOBUFS})
+_ACCEPT_RETRY: Final = 0.1
+_TASK_NAME: Final = "daemon.net.front: a connection"
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,12 @@ class HttpResponse:
 
 
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-WebSocketHandler = Callable[[trio_websocket.WebSocketRequest, HttpRequest], Awaitable[None]]
+WebSocketHandler = Callable[[Upgrade, HttpRequest], Awaitable[None] | None]
+"""Decides on a checked upgrade request: it must ``accept`` or ``reject`` the ``Upgrade``
+and, having accepted, return the coroutine that serves the connection.
+
+Synchronous on purpose: the decision needs no I/O, and the serving coroutine then runs
+without the handler's frame beneath it for the whole session."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,7 @@ class FrontLimits:
     head_timeout: float = 10.0
     max_body_bytes: int = 64 * 1024
     keepalive_timeout: float = 30.0
-    max_message_size: int = 64 * 1024
-    message_queue_size: int = 64
+    max_message_size: int = 64 * 1024  # one WebSocket message, after reassembly (1009 above)
 
 
 DEFAULT_LIMITS: Final = FrontLimits()
@@ -137,17 +148,14 @@ class _Hangup(Exception):
 class _PrefixedStream(trio.abc.Stream):
     """Replays bytes we already read from ``inner`` before reading from it again.
 
-    wsproto must see the upgrade request head that h11 has already consumed. Once the
+    The TLS handshake must see the bytes read to tell TLS from plain HTTP. Once the
     prefix is used up, the hot methods are rebound on the instance to the inner stream's
-    bound methods, so WebSocket frames pay no extra coroutine layer per call.
+    bound methods, so they pay no extra coroutine layer per call.
     """
 
     def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
-        # Set as soon as anyone closes the stream: wrap_server_stream waits forever for a
-        # handshake that its reader task gave up on, and this is how we notice.
-        self.closed = trio.Event()
         self.send_all = inner.send_all  # type: ignore[method-assign]
         self.wait_send_all_might_not_block = (  # type: ignore[method-assign]
             inner.wait_send_all_might_not_block
@@ -178,7 +186,6 @@ class _PrefixedStream(trio.abc.Stream):
         return chunk
 
     async def aclose(self) -> None:
-        self.closed.set()
         await self._inner.aclose()
 
 
@@ -191,8 +198,8 @@ def _fd_of(stream: trio.abc.Stream) -> int | None:
 
 def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
     """Return the remote (address, port) of a TCP stream, or ("", 0) when unknown."""
-    # trio-websocket only knows bare SocketStream/SSLStream; anything else (or a socket
-    # that is already disconnected) yields the "unknown" marker instead of an error.
+    # Only bare SocketStream/SSLStream have a socket; anything else (or a socket that is
+    # already disconnected) yields the "unknown" marker instead of an error.
     sock = getattr(stream, "socket", None)
     if sock is None:
         sock = getattr(getattr(stream, "transport_stream", None), "socket", None)
@@ -267,15 +274,6 @@ def _is_websocket_upgrade(event: h11.Request) -> bool:
     )
 
 
-def _rebuild_head(event: h11.Request) -> bytes:
-    # h11 keeps the original header-name casing and order, which is all wsproto needs to
-    # parse an equivalent request.
-    lines = [b"%s %s HTTP/%s\r\n" % (event.method, event.target, event.http_version)]
-    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in event.headers.raw_items())
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
 def _reason(status: int) -> bytes:
     # h11 would send an empty reason phrase; legal, but unfriendly in curl -v and logs.
     try:
@@ -289,21 +287,14 @@ def _error_body(reason: str) -> bytes:
     return b'{"error":"%s"}' % escaped.encode("ascii", errors="replace")
 
 
-def _only_connection_closed(exc: BaseException) -> bool:
-    # A handler blocked in get_message() raises ConnectionClosed when the client leaves;
-    # that is the normal end of a session, not a bug worth a traceback.
-    if isinstance(exc, trio_websocket.ConnectionClosed):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(trio_websocket.ConnectionClosed)
-        return rest is None
-    return False
-
-
-def _handshake_pending(ws_request: trio_websocket.WebSocketRequest) -> bool:
-    wsproto_connection = getattr(ws_request._connection, "_wsproto", None)
-    state = getattr(wsproto_connection, "state", None)
-    return getattr(state, "name", "") == "CONNECTING"
+def _response(status: int, body: bytes, *, content_type: str = "application/json",
+              headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """Return a complete HTTP/1.1 response that closes the connection."""
+    extra = b"".join(b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
+                     for name, value in headers)
+    return (b"HTTP/1.1 %d %s\r\nServer: roomctl\r\nContent-Type: %s\r\n"
+            b"Content-Length: %d\r\n%sConnection: close\r\n\r\n%s"
+            % (status, _reason(status), content_type.encode("latin-1"), len(body), extra, body))
 
 
 class _Connection:
@@ -313,43 +304,44 @@ class _Connection:
         self,
         stream: trio.abc.Stream,
         on_http: HttpHandler,
-        on_websocket: WebSocketHandler,
         limits: FrontLimits,
         peer: tuple[str, int],
         started: float,
     ) -> None:
         self._stream = stream
         self._on_http = on_http
-        self._on_websocket = on_websocket
         self._limits = limits
         self._peer = peer
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         self._started = started  # accept time: the TLS handshake shares the head's budget
         self._head_only = False
 
-    async def run(self) -> None:
+    async def run(self) -> _WebSocketRequest | None:
+        """Serve plain HTTP requests; return a checked WebSocket upgrade when one comes."""
         try:
-            await self._serve()
+            return await self._serve()
         except _Reject as exc:
             await self._fail(exc.status, exc.reason)
+        except HandshakeError as exc:
+            await self._fail(exc.status, exc.reason, exc.headers)
         except h11.RemoteProtocolError as exc:
             await self._fail(exc.error_status_hint, str(exc))
+        return None
 
-    async def _serve(self) -> None:
+    async def _serve(self) -> _WebSocketRequest | None:
         first = True
         while True:
             event = await self._read_head(first)
             if event is None:
-                return
+                return None
             first = False
             self._head_only = event.method == b"HEAD"
             if _head_size(event) > self._limits.max_head_bytes:
                 raise _Reject(431, "request header fields too large")
             if _is_websocket_upgrade(event):
-                await self._serve_websocket(event)
-                return
+                return self._websocket_request(event)
             if not await self._serve_http(event):
-                return
+                return None
             self._h11.start_next_cycle()
 
     async def _next_event(self) -> object:
@@ -474,105 +466,64 @@ class _Connection:
         if scope.cancelled_caught:
             raise _Hangup
 
-    async def _fail(self, status: int, reason: str) -> None:
+    async def _fail(self, status: int, reason: str,
+                    headers: tuple[tuple[str, str], ...] = ()) -> None:
         logger.debug("rejecting request from %s: %d %s", self._peer, status, reason)
         # Mid-response there is no way to switch to an error; just close.
         if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        response, body = self._render(HttpResponse(status, _error_body(reason)), close=True)
+        response, body = self._render(HttpResponse(status, _error_body(reason), headers=headers),
+                                      close=True)
         await self._send(response, h11.Data(data=body), h11.EndOfMessage())
         await self._linger()
 
     async def _linger(self) -> None:
         await _linger(self._stream)
 
-    async def _serve_websocket(self, event: h11.Request) -> None:
+    def _websocket_request(self, event: h11.Request) -> _WebSocketRequest:
+        """Check an upgrade request; return what serving it needs (or raise _Reject)."""
         # An upgrade request has no body, so h11 yields EndOfMessage without any I/O;
         # anything else means a body we refuse to forward into the WebSocket stream.
         if not isinstance(self._h11.next_event(), h11.EndOfMessage):
             raise _Reject(400, "upgrade request must not have a body")
-        # wsproto decodes Host as IDNA outside its own error handling; a bad value would
-        # crash trio-websocket's reader task instead of producing a 400.
+        # A Host that is not a valid name is refused before any handler has to cope with it.
         for name, value in event.headers:
             if name == b"host":
                 try:
                     value.decode("idna")
                 except UnicodeError:
                     raise _Reject(400, "invalid Host header") from None
-        request = _build_request(event, self._peer, b"")
-        leftover, _ = self._h11.trailing_data
-        prefixed = _PrefixedStream(self._stream, _rebuild_head(event) + leftover)
-        # Every outbound byte goes through one ordered buffer (see daemon.net.wire); the
-        # daemon reaches it as the WebSocket connection's stream.
-        async with trio.open_nursery() as nursery:
-            output = wire.OutputStream(prefixed, _fd_of(self._stream), nursery)
-            try:
-                ws_request = await self._handshake(nursery, prefixed, output)
-                if ws_request is not None:
-                    await self._run_websocket_handler(ws_request, request)
-            finally:
-                # The socket is closed after this; its descriptor number must not be
-                # written to again, whoever still holds the output stream.
-                output.release()
-                # The reader task would otherwise keep the nursery (and socket) alive.
-                nursery.cancel_scope.cancel()
+        handshake = Handshake.from_request(event)  # HandshakeError: answered by run()
+        # Bytes the client sent right behind the head (its first frames) belong to wsproto.
+        received, _ = self._h11.trailing_data
+        return _WebSocketRequest(handshake, _build_request(event, self._peer, b""),
+                                 bytes(received))
 
-    async def _handshake(
-        self, nursery: trio.Nursery, prefixed: _PrefixedStream, output: wire.OutputStream
-    ) -> trio_websocket.WebSocketRequest | None:
-        result: list[trio_websocket.WebSocketRequest] = []
-        async with trio.open_nursery() as race:
-            race.cancel_scope.deadline = trio.current_time() + self._limits.head_timeout
 
-            async def cancel_when_closed() -> None:
-                # On a bad handshake trio-websocket sends its own 400 and closes the
-                # stream, but leaves wrap_server_stream waiting forever.
-                await prefixed.closed.wait()
-                race.cancel_scope.cancel()
+@dataclass(frozen=True, slots=True)
+class _WebSocketRequest:
+    handshake: Handshake
+    request: HttpRequest
+    received: bytes
 
-            async def handshake() -> None:
-                result.append(
-                    await trio_websocket.wrap_server_stream(
-                        nursery,
-                        output,
-                        message_queue_size=self._limits.message_queue_size,
-                        max_message_size=self._limits.max_message_size,
-                    )
-                )
-                race.cancel_scope.cancel()
 
-            race.start_soon(cancel_when_closed)
-            race.start_soon(handshake)
-        if not result:
-            logger.debug("websocket handshake from %s failed", self._peer)
-        return result[0] if result else None
-
-    async def _run_websocket_handler(
-        self, ws_request: trio_websocket.WebSocketRequest, request: HttpRequest
-    ) -> None:
-        failed = False
-        try:
-            await self._on_websocket(ws_request, request)
-        except Exception as exc:
-            if _only_connection_closed(exc):
-                logger.debug("websocket peer %s went away", request.peer)
-            else:
-                failed = True
-                logger.exception("websocket handler failed: %s from %s", request.path,
-                                 request.peer)
-        with trio.move_on_after(_CLOSE_TIMEOUT):
-            try:
-                if _handshake_pending(ws_request):
-                    if not failed:
-                        logger.error("websocket handler for %s neither accepted nor rejected",
-                                     request.path)
-                    await ws_request.reject(500)
-                else:
-                    # Idempotent when the peer or the handler already closed it.
-                    await ws_request._connection.aclose(1011 if failed else 1000)
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError,
-                    trio.ClosedResourceError):
-                pass
+async def _end_websocket(stream: trio.abc.Stream, upgrade: Upgrade, output: wire.OutputStream,
+                         path: str, failed: bool) -> None:
+    """Close what the handler left open: an unanswered upgrade gets a 500, a rejected one
+    its status, an open WebSocket a close frame (1011 if the handler failed)."""
+    with trio.move_on_after(_CLOSE_TIMEOUT):
+        if upgrade.pending:
+            if not failed:
+                logger.error("websocket handler for %s neither accepted nor rejected", path)
+            upgrade.reject(500, _error_body("internal server error"))
+        if upgrade.rejection is not None:
+            status, body = upgrade.rejection
+            output.write(_response(status, body))
+            await output.wait_send_all_might_not_block()
+            await _linger(stream)
+        elif upgrade.websocket is not None:
+            # Idempotent when the peer or the handler already closed it.
+            await upgrade.websocket.aclose(1011 if failed else 1000)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
@@ -594,10 +545,7 @@ async def _linger(stream: trio.abc.Stream) -> None:
 
 
 def _canned_response(status: int, reason: str) -> bytes:
-    body = _error_body(reason) + b"\n"
-    return (b"HTTP/1.1 %d %s\r\nServer: roomctl\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, _reason(status), len(body), body))
+    return _response(status, _error_body(reason) + b"\n")
 
 
 async def _start_tls(
@@ -658,52 +606,152 @@ async def handle_connection(
     limits: FrontLimits = DEFAULT_LIMITS,
     peer: tuple[str, int] | None = None,
     tls: ssl.SSLContext | None = None,
+    flushers: trio.Nursery | None = None,
 ) -> None:
     """Serve one client connection until it closes.
 
     Plain requests are answered by ``on_http`` in an HTTP/1.1 keep-alive loop. A
-    ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` is handed to
-    trio-websocket, and ``on_websocket(ws_request, http_request)`` must then call
-    ``accept()`` or ``reject()`` on ``ws_request`` itself. ``peer`` overrides the remote
-    address read from the stream's socket. With ``tls`` the stream is served over TLS
-    (https and wss); its handshake must finish within ``limits.head_timeout`` of the call,
-    together with the first request head.
+    ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` is checked as a
+    WebSocket opening handshake (400 or 426 if it is not one), and
+    ``on_websocket(upgrade, http_request)`` must call ``upgrade.accept()`` or
+    ``upgrade.reject()``; the coroutine it returns then serves the connection in this
+    task. When that ends, a WebSocket left open is closed with 1000 (1011 if it raised).
+    ``peer`` overrides the remote address read from the stream's socket. With ``tls``
+    the stream is served over TLS (https and wss); its handshake must finish within
+    ``limits.head_timeout`` of the call, together with the first request head. A
+    WebSocket's output flusher (a task that exists only while the socket is not taking
+    everything written) runs in ``flushers``, or in a nursery of the connection's own when
+    it is None.
 
     Protocol errors become 400/408/413/431 responses, handler exceptions become a 500 or
     a WebSocket close with code 1011, and both end only this connection: nothing but
     cancellation propagates out. The stream is always closed on return.
     """
+    if flushers is None:
+        async with trio.open_nursery() as own:
+            await handle_connection(stream, on_http=on_http, on_websocket=on_websocket,
+                                    limits=limits, peer=peer, tls=tls, flushers=own)
+        return
     started = trio.current_time()
     peer = peer_of(stream) if peer is None else peer
-    connection = _Connection(stream, on_http, on_websocket, limits, peer, started)
+    connection = _Connection(stream, on_http, limits, peer, started)
     try:
         if tls is not None:
             secured = await _start_tls(stream, tls, started + limits.head_timeout, peer)
             if secured is None:
                 return
             stream = connection._stream = secured
-        await connection.run()
+        ws_request = await connection.run()
+        if ws_request is None:
+            return
+        # A WebSocket, served in this task for as long as it lasts. Inline rather than in a
+        # helper, and holding nothing it does not need (h11's state and buffers, the
+        # request, which the handler may drop): an idle connection keeps its stack.
+        del connection
+        output = wire.OutputStream(stream, _fd_of(stream), flushers)
+        try:
+            upgrade = Upgrade(ws_request.handshake, stream, output,
+                              received=ws_request.received,
+                              max_message=limits.max_message_size)
+            request, path = ws_request.request, ws_request.request.path
+            del ws_request
+            failed = False
+            try:
+                serving = on_websocket(upgrade, request)
+                del request
+                if serving is not None:
+                    await serving
+            except Closed:
+                logger.debug("websocket peer %s went away", peer)
+            except Exception:
+                failed = True
+                logger.exception("websocket handler failed: %s from %s", path, peer)
+            await _end_websocket(stream, upgrade, output, path, failed)
+        finally:
+            # The socket is closed after this; its descriptor number must not be written
+            # to again, whoever still holds the output stream. This also stops its flusher.
+            output.release()
     except* (trio.BrokenResourceError, trio.ClosedResourceError, _Hangup):
-        logger.debug("connection from %s dropped", connection._peer)
+        logger.debug("connection from %s dropped", peer)
     except* Exception:
-        logger.exception("connection from %s failed", connection._peer)
+        logger.exception("connection from %s failed", peer)
     finally:
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             try:
                 await stream.aclose()
             except Exception:
-                logger.debug("closing connection from %s failed", connection._peer,
-                             exc_info=True)
+                logger.debug("closing connection from %s failed", peer, exc_info=True)
 
 
 async def _guarded(handler: Callable[[trio.SocketStream], Awaitable[None]],
-                   stream: trio.SocketStream) -> None:
-    # trio.serve_listeners lets a handler exception cancel every other connection and the
-    # listener itself; keep the blast radius at one connection even for other handlers.
+                   stream: trio.SocketStream, address: str | None,
+                   limit: _PerAddress | None) -> None:
+    # A handler exception must not cancel every other connection and the listener; keep
+    # the blast radius at one connection even for handlers other than handle_connection.
     try:
         await handler(stream)
     except* Exception:
         logger.exception("connection handler crashed")
+    finally:
+        if limit is not None and address is not None:
+            limit.release(address)
+        await trio.aclose_forcefully(stream)
+
+
+class _PerAddress:
+    """Connections open per client address, counted from accept to close."""
+
+    __slots__ = ("maximum", "open", "refuse")
+
+    def __init__(self, maximum: int,
+                 refuse: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+        self.maximum = maximum
+        self.refuse = refuse
+        self.open: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        count = self.open.get(address, 0)
+        if count >= self.maximum:
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self.open[address] - 1
+        if count:
+            self.open[address] = count
+        else:
+            del self.open[address]
+
+
+async def _accept(listener: trio.SocketListener, handler_nursery: trio.Nursery,
+                  handler: Callable[[trio.SocketStream], Awaitable[None]],
+                  limit: _PerAddress | None) -> None:
+    # trio.serve_listeners' loop, without its own wrapper coroutine around each handler:
+    # an idle connection holds every coroutine frame on its stack for as long as it lasts.
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error("accept failed (%s); retrying in %s s", os.strerror(exc.errno),
+                             _ACCEPT_RETRY)
+                await trio.sleep(_ACCEPT_RETRY)
+                continue
+            # A name given saves trio making one per task (74 bytes each connection holds).
+            if limit is None:
+                handler_nursery.start_soon(_guarded, handler, stream, None, None,
+                                           name=_TASK_NAME)
+                continue
+            address = peer_of(stream)[0]
+            if limit.admit(address):
+                handler_nursery.start_soon(_guarded, handler, stream, address, limit,
+                                           name=_TASK_NAME)
+            else:
+                handler_nursery.start_soon(_guarded, limit.refuse, stream, None, None,
+                                           name=_TASK_NAME)
 
 
 async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -741,20 +789,30 @@ async def serve_tcp(
     port: int,
     handler_nursery: trio.Nursery | None = None,
     *,
+    max_per_address: int = 0,
+    refuse: Callable[[trio.SocketStream], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host``:``port`` and run ``handler`` for every accepted connection.
 
     Reports ``(host, actual_port)`` through ``task_status`` once the sockets are
     listening (``port=0`` picks a free port), then serves until cancelled. Transient
-    accept failures such as EMFILE are retried by trio rather than raised. Handlers run
+    accept failures such as EMFILE are retried after a pause rather than raised. Handlers run
     in ``handler_nursery`` when given, so that cancelling the listener (to stop
-    accepting) leaves open connections to a graceful close.
+    accepting) leaves open connections to a graceful close. A handler that raises ends
+    its own connection only. With ``max_per_address``, a connection from an address that
+    already has that many open is given to ``refuse`` instead of ``handler`` (so a flood
+    from one address is turned away before it costs a parse or a handshake).
     """
     listeners = await _open_listeners(host, port)
     actual_port = listeners[0].socket.getsockname()[1]
     logger.debug("listening on %s port %d", host or "*", actual_port)
-    task_status.started((host, actual_port))
-    await trio.serve_listeners(
-        partial(_guarded, handler), listeners, handler_nursery=handler_nursery
-    )
+    limit = None
+    if max_per_address:
+        if refuse is None:
+            raise ValueError("max_per_address needs a refuse handler")
+        limit = _PerAddress(max_per_address, refuse)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, handler_nursery or nursery, handler, limit)
+        task_status.started((host, actual_port))

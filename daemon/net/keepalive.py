@@ -4,13 +4,10 @@ A TCP connection whose peer vanished (a laptop lid closed, a NAT entry expired) 
 open until something is written to it. Every ``interval`` seconds the daemon pings each
 WebSocket; a peer that has not answered one ping within ``timeout`` seconds is closed.
 
-No task per connection: one sweeper task (``daemon.server``) walks the connections a few
-times per interval and calls ``Pings.step`` on each. A ping is written straight into the
-connection's ordered output (``daemon.wire.OutputStream``), and its payload is registered
-in trio-websocket's table of pings in flight (``WebSocketConnection._pings``, private,
-trio-websocket 0.12.x as pinned), whose reader task sets our event when the pong
-arrives. ``WebSocketConnection.ping`` would do the same but waits for the pong, which
-would take a task per connection.
+No task and no timer per connection: one sweeper task (``Daemon.keepalive``) walks the
+connections a few times per interval and asks each transport to step its ``Pings``, the
+bookkeeping below; the WebSocket writes the ping into its ordered output and tells its
+``Pings`` when the matching pong arrives (``daemon.net.websocket``).
 """
 
 from __future__ import annotations
@@ -18,47 +15,38 @@ from __future__ import annotations
 import itertools
 import struct
 
-import trio
-import trio_websocket
+__all__ = ["Pings"]
 
-from daemon.net import wire
-
-__all__ = ["Pings", "ping_frame"]
-
-_PING = 0x89  # FIN + ping opcode
 _payloads = itertools.count(1)
 
 
-def ping_frame(payload: bytes) -> bytes:
-    """Return an unmasked server-to-client ping frame (``payload`` at most 125 bytes)."""
-    if len(payload) > 125:
-        raise ValueError("a control frame's payload is at most 125 bytes")
-    return bytes((_PING, len(payload))) + payload
-
-
 class Pings:
-    """The ping bookkeeping of one WebSocket: the ping in flight, and when the next is due."""
+    """The ping bookkeeping of one connection: the ping in flight, and when the next is due."""
 
-    __slots__ = ("_answered", "_due", "_sent_at")
+    __slots__ = ("_due", "_in_flight", "_interval", "_sent_at")
 
     def __init__(self, now: float, interval: float) -> None:
+        self._interval = interval
         self._due = now + interval
         self._sent_at = 0.0
-        self._answered: trio.Event | None = None
+        self._in_flight: bytes | None = None
 
-    def step(self, ws: trio_websocket.WebSocketConnection, out: wire.OutputStream,
-             now: float, *, interval: float, timeout: float) -> bool:
-        """Ping when due; return False when the last ping went unanswered for ``timeout``."""
-        answered = self._answered
-        if answered is not None:
-            if not answered.is_set():
-                return now - self._sent_at < timeout
-            self._answered = None
-            self._due = self._sent_at + interval
-        if now >= self._due:
-            payload = struct.pack("!Q", next(_payloads))
-            self._answered = trio.Event()
-            ws._pings[payload] = self._answered
-            out.write(ping_frame(payload))
-            self._sent_at = now
-        return True
+    def overdue(self, now: float, timeout: float) -> bool:
+        """Return whether the ping in flight has waited ``timeout`` seconds for its pong."""
+        return self._in_flight is not None and now - self._sent_at >= timeout
+
+    def next_ping(self, now: float) -> bytes | None:
+        """Return the payload of a ping to send now (and count it as sent), or None."""
+        if self._in_flight is not None or now < self._due:
+            return None
+        payload = struct.pack("!Q", next(_payloads))
+        self._in_flight = payload
+        self._sent_at = now
+        return payload
+
+    def answered(self, payload: bytes) -> None:
+        """Note a pong; the one answering the ping in flight makes the next due an interval
+        after that ping was sent. Unsolicited pongs (allowed by RFC 6455) change nothing."""
+        if payload == self._in_flight:
+            self._in_flight = None
+            self._due = self._sent_at + self._interval

@@ -1,28 +1,24 @@
 """The outbound side of a WebSocket: frames built once, written through one ordered buffer.
 
-trio-websocket frames each ``send_message`` through wsproto and writes it with
-``send_all``, which costs a task switch or three per frame, per recipient. Instead:
-
 * Server-to-client frames are never masked, so a broadcast's frame bytes are the same
   for every recipient; ``frame`` builds them once.
-* Every byte for a connection, ours and trio-websocket's own (the handshake response,
-  pongs, the close frame), goes through one ``OutputStream``, which wraps the stream
-  trio-websocket is given. ``write`` is synchronous: when nothing is pending it writes
-  straight to the socket (one ``os.write``, no task switch); what the kernel does not
-  take waits, in order, for a flusher task, which writes everything pending with one
-  ``os.writev`` whenever the socket is writable, and ends once nothing is pending (an
-  idle connection holds no flusher task). Order is all that keeps frames
-  whole, and one buffer gives it.
+* Every byte for a connection (the 101 response, data frames, and the control frames
+  wsproto makes: pongs, pings, the close frame) goes through one ``OutputStream``.
+  ``write`` is synchronous: when nothing is pending it writes straight to the socket
+  (one ``os.write``, no task switch); what the kernel does not take waits, in order, for
+  a flusher task, which writes everything pending with one ``os.writev`` whenever the
+  socket is writable, and ends once nothing is pending (an idle connection holds no
+  flusher task, no buffer and no event). Order is all that keeps frames whole, and one
+  buffer gives it.
 * Without a socket file descriptor (TLS, in-memory streams) the flusher writes through
   the wrapped stream's ``send_all`` instead, in batches.
 
-We only ever write whole, unfragmented data frames, the one kind of frame that leaves
-wsproto's state untouched; control frames stay with trio-websocket.
+Data frames are written whole and unfragmented, the one kind of frame that leaves
+wsproto's state untouched, so they need not go through wsproto at all.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
 import struct
@@ -48,43 +44,44 @@ def frame(payload: bytes, *, binary: bool) -> bytes:
     return header + payload
 
 
-class OutputStream(trio.abc.Stream):
-    """Wraps a connection's stream: reads pass through, writes go through one buffer.
+class OutputStream(trio.abc.SendStream):
+    """A connection's output: synchronous writes through one ordered buffer.
 
     ``fd`` is the socket's file descriptor when the stream is a plain TCP socket (the
     fast path); None otherwise. ``on_stall`` is called when pending output made no
-    progress for ``stall_timeout`` seconds (the peer stopped reading).
+    progress for ``stall_timeout`` seconds (the peer stopped reading). Flusher tasks run
+    in ``nursery``. An idle stream holds no buffer, no event and no task (see __slots__).
     """
 
-    def __init__(self, inner: trio.abc.Stream, fd: int | None, nursery: trio.Nursery, *,
+    __slots__ = ("_closed", "_cork", "_drained", "_flushing", "_head_started", "_inner",
+                 "_nursery", "_pending", "error", "fd", "on_stall", "stall_timeout")
+    # _flushing: None, or the cancel scope of the running flusher (release() cancels it,
+    # so the flusher may run in a nursery shared by many connections).
+
+    def __init__(self, inner: trio.abc.SendStream, fd: int | None, nursery: trio.Nursery, *,
                  stall_timeout: float = 10.0, on_stall: Callable[[], None] | None = None) -> None:
         self._inner = inner
-        self._fd = fd
-        self._nursery = nursery  # where flusher tasks run: the connection's own nursery
-        self._flushing = False
+        self.fd = fd
+        self._nursery = nursery  # where flusher tasks run
+        self._flushing: trio.CancelScope | None = None
         self._cork: list[bytes] | None = None
-        self._pending: collections.deque[bytes] = collections.deque()
+        # What waits for the socket, oldest first; None while nothing does. A list, not a
+        # deque: it is short-lived, bounded by the daemon's outbound_queue, and an empty
+        # deque alone costs ~600 bytes per idle connection.
+        self._pending: list[bytes] | None = None
         self._head_started = False  # the first pending item is the rest of a half-written frame
-        self._drained = trio.Event()
-        self._drained.set()
+        self._drained: trio.Event | None = None  # made only while someone waits for a drain
         self._closed = False
         self.error: OSError | None = None
         self.stall_timeout = stall_timeout
         self.on_stall = on_stall
-        self.bytes_written = 0
-        self.receive_some = inner.receive_some  # type: ignore[method-assign]
-
-    # --- reading: straight through ---------------------------------------------------------
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._inner.receive_some(max_bytes)
 
     # --- writing ---------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
         """Return how many writes wait for the socket (not counting corked ones)."""
-        return len(self._pending)
+        return len(self._pending) if self._pending is not None else 0
 
     @property
     def corked(self) -> bool:
@@ -112,128 +109,151 @@ class OutputStream(trio.abc.Stream):
         if self._cork is not None:
             self._cork.append(data)
             return
-        if not self._pending and self._fd is not None:
-            try:
-                written = os.write(self._fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                self._fail(exc)
-                return
-            self.bytes_written += written
-            if written == len(data):
-                return
-            if written:
-                data = data[written:]
-                self._head_started = True
-        self._pending.append(data)
-        if self._drained.is_set():
-            self._drained = trio.Event()
-        if not self._flushing:
-            self._flushing = True
-            self._nursery.start_soon(self._flush)
+        if self._pending is None:
+            if self.fd is not None:
+                try:
+                    written = os.write(self.fd, data)
+                except BlockingIOError:
+                    written = 0
+                except OSError as exc:
+                    self._fail(exc)
+                    return
+                if written == len(data):
+                    return
+                if written:
+                    data = data[written:]
+                    self._head_started = True
+            self._pending = [data]
+        else:
+            self._pending.append(data)
+        if self._flushing is None:
+            self._flushing = trio.CancelScope()
+            self._nursery.start_soon(self._flush, self._flushing)
 
     def discard_pending(self) -> None:
         """Drop what waits, except the rest of a frame already half on the wire."""
         self._cork = None
-        keep = self._pending[0] if (self._pending and self._head_started) else None
-        self._pending.clear()
-        if keep is not None:
-            self._pending.append(keep)
+        if self._pending is not None and self._head_started:
+            del self._pending[1:]
         else:
-            self._drained.set()
+            self._drop_pending()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """trio-websocket's writes: queued in order with ours, then waits until written."""
+        """Queue ``data`` in order with the other writes, then wait until it is written.
+
+        Raises ClosedResourceError after ``aclose``, BrokenResourceError once a write failed.
+        """
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
         if self.error is not None:
             raise trio.BrokenResourceError("the connection failed") from self.error
         self.write(bytes(data))
-        await self._drained.wait()
+        await self.wait_send_all_might_not_block()
         if self.error is not None:
             raise trio.BrokenResourceError("the connection failed") from self.error
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Return once nothing waits for the socket (at once when nothing does)."""
+        if self._pending is None and self._flushing is None:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._drained is None:
+            self._drained = trio.Event()
         await self._drained.wait()
 
     def release(self) -> None:
         """Stop writing for good; from here on writes are dropped.
 
         Call it before the socket is closed by anyone else: its descriptor number may be
-        reused by the next connection at once.
+        reused by the next connection at once. Also drops ``on_stall``, which usually
+        refers back to the connection that owns this stream.
         """
         self._closed = True
-        self._fd = None
-        self._pending.clear()
+        self.fd = None
         self._cork = None
-        self._drained.set()
+        self.on_stall = None
+        self._drop_pending()
+        if self._flushing is not None:
+            self._flushing.cancel()
 
     async def aclose(self) -> None:
         self.release()
         await self._inner.aclose()
 
     def _fail(self, exc: OSError) -> None:
-        self.error = exc
-        self._pending.clear()
-        self._drained.set()
+        # Kept without its traceback, whose frames hold this stream: a reference cycle.
+        self.error = exc.with_traceback(None)
+        self.error.__context__ = None
+        self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        self._pending = None
+        self._head_started = False
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained.set()
 
     # --- the flusher -----------------------------------------------------------------------
 
-    async def _flush(self) -> None:
+    async def _flush(self, scope: trio.CancelScope) -> None:
         """Write pending output as the socket takes it; ends when nothing is pending."""
         try:
-            while self._pending and not self._closed and self.error is None:
-                with trio.move_on_after(self.stall_timeout) as waited:
-                    await self._flush_some()
-                if waited.cancelled_caught and self._pending and self.on_stall is not None:
-                    self.on_stall()
-                    self.on_stall = None  # once; the close handshake is bounded elsewhere
+            with scope:
+                while self._pending is not None and not self._closed and self.error is None:
+                    with trio.move_on_after(self.stall_timeout) as waited:
+                        await self._flush_some()
+                    if waited.cancelled_caught and self._pending and self.on_stall is not None:
+                        # Once; the close that follows is bounded elsewhere.
+                        on_stall, self.on_stall = self.on_stall, None
+                        on_stall()
         finally:
-            self._flushing = False
+            self._flushing = None
             if not self._pending:
-                self._drained.set()
+                self._drop_pending()
 
     async def _flush_some(self) -> None:
-        fd = self._fd
+        pending = self._pending
+        assert pending is not None
+        fd = self.fd
         if fd is None:
-            batch = b"".join(self._pending)
-            self._pending.clear()
-            self._head_started = False
+            batch = b"".join(pending)
+            self._drop_pending_keep_waiters()
             try:
                 await self._inner.send_all(batch)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._fail(OSError(errno.EPIPE, str(exc)))
-            self.bytes_written += len(batch)
             return
         try:
             await trio.lowlevel.wait_writable(fd)
         except trio.ClosedResourceError:
             self._fail(OSError(errno.EBADF, "socket closed"))
             return
-        if self._fd is None:
-            return
+        if self.fd is None or self._pending is not pending:
+            return  # released or discarded while we waited
         try:
-            written = os.writev(fd, list(_take(self._pending, _IOV_MAX)))
+            written = os.writev(fd, pending[:_IOV_MAX])
         except BlockingIOError:
             return
         except OSError as exc:
             self._fail(exc)
             return
-        self.bytes_written += written
-        while written:
-            head = self._pending[0]
-            if written >= len(head):
-                written -= len(head)
-                self._pending.popleft()
-                self._head_started = False
-            else:
-                self._pending[0] = head[written:]
-                self._head_started = True
-                written = 0
+        done = 0
+        for head in pending:
+            if written < len(head):
+                break
+            written -= len(head)
+            done += 1
+        del pending[:done]
+        if written:
+            pending[0] = pending[0][written:]
+            self._head_started = True
+        elif done:
+            self._head_started = False
+        if not pending:
+            self._pending = None
 
-
-def _take(items: collections.deque[bytes], limit: int) -> list[bytes]:
-    if len(items) <= limit:
-        return list(items)
-    return [items[i] for i in range(limit)]
+    def _drop_pending_keep_waiters(self) -> None:
+        # The batch is handed to send_all: nothing waits here, but waiters for a drain
+        # must wait until send_all returns (the flusher's finally wakes them).
+        self._pending = None
+        self._head_started = False

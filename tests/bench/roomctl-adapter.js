@@ -3,35 +3,11 @@
 // bench harness (/work/shared/bench, copied by its setup.sh). Usage: tests/bench/README.md.
 //
 //   ws://HOST:PORT/v1/rooms/<room>   no subprotocol offered -> JSON text frames
-//   -> {"type":"hello","name":"<hint>"}                  must be the first frame
+//   -> {"type":"hello","name":"<hint>"}                  the first frame (connect().first)
 //   <- {"type":"welcome","ref":null,"session_id":"<id>",...}   the server assigns the id
-//
-// The harness has no hook for a client's first frame: it only sends scenario frames
-// (chat/join/relay) after ready(buf) is truthy, and roomctl says nothing until it gets
-// hello, so without help every client would wait for a welcome that never comes.
-// Workaround, kept to this file: patch the loadgen's own `ws` module (same module
-// instance, resolved from the loadgen's folder) so that a socket whose URL carries the
-// `lg-hello` query parameter sends hello with that name the moment it opens, before the
-// 'open' listeners run. roomctl routes on the path only and ignores the query string.
 const common = require(require.main.path + '/lib/common');
-const WebSocket = require(require.resolve('ws', { paths: [require.main.path] }));
 
 const { lastMarker, found, prefixTest, fieldGetter } = common;
-
-const HELLO_PARAM = 'lg-hello';
-const PATCHED = Symbol.for('roomctl-adapter.hello-on-open');
-if (!WebSocket.prototype[PATCHED]) {
-  const emit = WebSocket.prototype.emit;
-  WebSocket.prototype[PATCHED] = true;
-  WebSocket.prototype.emit = function (event, ...rest) {
-    if (event === 'open') {
-      const q = this.url.indexOf('?');
-      const name = q < 0 ? null : new URLSearchParams(this.url.slice(q + 1)).get(HELLO_PARAM);
-      if (name) this.send(JSON.stringify({ type: 'hello', name }));
-    }
-    return emit.call(this, event, ...rest);
-  };
-}
 
 // Frames are msgspec-encoded tagged structs: the tag is always the first field, and
 // fields follow in declaration order (protocol/messages.py, protocol/chat.py).
@@ -44,8 +20,12 @@ const peerId = fieldGetter('peer_id');
 
 module.exports = {
   name: 'roomctl',
+  // roomctl says nothing until it gets hello, so hello goes out as soon as the socket opens.
   connect(base, room, hint) {
-    return { url: `${base}/v1/rooms/${encodeURIComponent(room)}?${HELLO_PARAM}=${encodeURIComponent(hint)}` };
+    return {
+      url: `${base}/v1/rooms/${encodeURIComponent(room)}`,
+      first: JSON.stringify({ type: 'hello', name: hint }),
+    };
   },
   // The client's id is the session id the daemon assigned in its welcome.
   ready(buf) {

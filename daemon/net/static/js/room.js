@@ -248,6 +248,11 @@ function requeueIfLost() {
 
 function onFrame(frame) {
   const { mesh, chat, people } = state;
+  // An add-peer for a newcomer to the call carries its participant view (it stands in for
+  // the participant-updated the others get).
+  if (frame.type === 'add-peer' && frame.participant) {
+    people.handle({ type: 'participant-updated', participant: frame.participant });
+  }
   if (mesh.handle(frame) || people.handle(frame)) return;
   switch (frame.type) {
     case 'message-posted':
