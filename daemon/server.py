@@ -454,8 +454,8 @@ class Daemon:
         admin = sum(1 for conn in self.connections.values() if conn.is_admin)
         websockets = len(self.connections)
         return metrics.Gauges(
-            rooms=len(self.engine.rooms),
-            participants=sum(room.visible_count() for room in self.engine.rooms.values()),
+            rooms=self.engine.room_count(),
+            participants=self.engine.participant_count(),
             sessions=self.engine.session_count(),
             connections={"room": websockets - admin, "admin": admin,
                          "http": max(self.tcp_connections - websockets, 0)},
@@ -463,8 +463,8 @@ class Daemon:
 
     def status(self) -> str:
         """One line for the service manager: rooms, participants and connections now."""
-        rooms, connections = len(self.engine.rooms), len(self.connections)
-        participants = sum(room.visible_count() for room in self.engine.rooms.values())
+        rooms, connections = self.engine.room_count(), len(self.connections)
+        participants = self.engine.participant_count()
         return (f"{rooms} room{'s' * (rooms != 1)}, {participants} "
                 f"participant{'s' * (participants != 1)}, {connections} "
                 f"connection{'s' * (connections != 1)}")

@@ -332,6 +332,14 @@ class Engine:
         """Return every room's public view, by name."""
         return [self.room_info(room) for _, room in sorted(self.rooms.items())]
 
+    def room_count(self) -> int:
+        """Return how many rooms the engine holds."""
+        return len(self.rooms)
+
+    def participant_count(self) -> int:
+        """Return how many participants (sessions that are not hidden) the rooms hold."""
+        return sum(room.visible_count() for room in self.rooms.values())
+
     def session_count(self, room: str | None = None) -> int:
         """Return how many sessions (live or away, hidden included) the rooms hold, or
         ``room`` holds."""
