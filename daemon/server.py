@@ -101,11 +101,13 @@ from daemon.net.front import (
     HttpRequest,
     HttpResponse,
     Upgrade,
+    error_body,
     handle_connection,
     peer_of,
     refuse_connection,
     serve_tcp,
 )
+from daemon.net.httpapi import HttpApi
 from daemon.net.origins import origin_allowed
 from daemon.net.ratelimit import RateLimit, RequestLimiter, Verdict
 from daemon.net.transport import Closed, Sink, Transport
@@ -122,6 +124,7 @@ from protocol import (
     relay,
 )
 from protocol import admin as adm
+from protocol import http as http_api
 from protocol.messages import ConnectionLimits, Error, Hello, Request
 
 log = logging.getLogger(__name__)
@@ -428,17 +431,20 @@ class Daemon:
     # --- HTTP ------------------------------------------------------------------------------
 
     async def on_http(self, request: HttpRequest) -> HttpResponse:
+        answer = await self.api.respond(request)
+        if answer is not None:
+            return answer
         page = web.respond(
             request, self.engine.room_infos
         )
         if page is not None:
             return page
         if request.method not in ("GET", "HEAD"):
-            return _json(405, {"error": "method not allowed"})
+            return _error(405, "method not allowed", headers=(("Allow", "GET, HEAD"),))
         if request.path == "/healthz":
-            return _json(200, {"status": "ok", "version": VERSION,
-                               "rooms": len(self.engine.room_infos()),
-                               "connections": len(self.connections)})
+            return _json(200, http_api.Health(status="ok", version=VERSION,
+                                              rooms=self.engine.room_count(),
+                                              connections=len(self.connections)))
         if request.path == "/metrics":
             body, content_type = self.metrics.exposition(request.headers.get("accept", ""))
             return HttpResponse(200, body, content_type=content_type)
@@ -446,9 +452,26 @@ class Daemon:
         if access is not None:
             return self._room_access(request, access.group(1))
         if ROOM_PATH.match(request.path) or request.path == ADMIN_PATH:
-            return _json(426, {"error": "this endpoint speaks WebSocket"},
-                         headers=(("Upgrade", "websocket"),))
-        return _json(404, {"error": "not found"})
+            return _error(426, "this endpoint speaks WebSocket",
+                          headers=(("Upgrade", "websocket"),))
+        return _error(404, "not found")
+
+    @functools.cached_property
+    def api(self) -> HttpApi:
+        """The HTTP API (``/v1/...``), served through ``serve_client``."""
+        return HttpApi(self.serve_client, self.authority.check, rate_limit=self.rate_limit,
+                       keepalive=self.config.ping_interval)
+
+    async def serve_client(self, transport: Transport, fmt: WireFormat, peer: tuple[str, int],
+                           *, room: str | None) -> None:
+        """Serve one client connection of ``room`` (None: the admin endpoint) where it is
+        served: the one entry of the HTTP API's connections into rooms.
+
+        On one node that is here (``serve_connection``); with several, the room's owner
+        serves it (``daemon.cluster.node.ClusterNode.serve_client``), so this is where a
+        cluster routes it. Returns when the connection has ended.
+        """
+        await self.serve_connection(transport, fmt, peer, room=room)
 
     def _gauges(self) -> metrics.Gauges:
         admin = sum(1 for conn in self.connections.values() if conn.is_admin)
@@ -478,19 +501,17 @@ class Daemon:
         """
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         token = credentials.strip() if scheme.lower() == "bearer" else ""
-        body: dict[str, Any] = {"room": room, "private": self.engine.is_private(room),
-                                "admitted": True}
+        private = self.engine.is_private(room)
         try:
-            access = self.authority.check(token or None)
+            self.engine.check_access(room, self.authority.check(token or None))
         except ProtocolError as exc:
-            self._refused_token(request.peer, exc.message)
-            body.update(admitted=False, code=str(exc.code), message=exc.message)
+            if exc.code == ErrorCode.UNAUTHORIZED and token:
+                self._refused_token(request.peer, exc.message)
+            answer = http_api.RoomAccess(room=room, private=private, admitted=False,
+                                         code=exc.code, message=exc.message)
         else:
-            try:
-                self.engine.check_access(room, access)
-            except ProtocolError as exc:
-                body.update(admitted=False, code=str(exc.code), message=exc.message)
-        return _json(200, body, headers=(("Cache-Control", "no-store"),))
+            answer = http_api.RoomAccess(room=room, private=private, admitted=True)
+        return _json(200, answer, headers=(("Cache-Control", "no-store"),))
 
     def _refused_token(self, peer: tuple[str, int], reason: str) -> None:
         self.counters["refused_tokens"] += 1
@@ -804,6 +825,11 @@ _json_encode = msgspec.json.Encoder().encode
 
 def _json(status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
     return HttpResponse(status, _json_encode(body) + b"\n", headers=headers)
+
+
+def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+           ) -> HttpResponse:
+    return HttpResponse(status, error_body(status, message), headers=headers)
 
 
 async def serve(

@@ -85,8 +85,10 @@ class Authority:
                 and isinstance(room, str) and isinstance(identity, str)
                 and (name is None or (isinstance(name, str) and 0 < len(name) <= 64))):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "not a valid token (bad claims)")
+        expires = claims["exp"]
         return Access(grants=frozenset(Grant(g) for g in grants), room=room, identity=identity,
-                      name=name)
+                      name=name, expires_at=float(expires) if isinstance(expires, int | float)
+                      else None)
 
 
 def ensure_join_secret(data_dir: Path) -> bytes:

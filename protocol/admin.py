@@ -7,7 +7,15 @@ from typing import Any
 
 import msgspec
 
-from protocol.limits import AppName, DisplayName, Identity, RoomName, SessionId, TokenTtl
+from protocol.limits import (
+    AppName,
+    DisplayName,
+    Identity,
+    PageLimit,
+    RoomName,
+    SessionId,
+    TokenTtl,
+)
 from protocol.messages import Grant, Participant, Reply, Request, RoomInfo
 
 
@@ -25,11 +33,31 @@ class CreateRoom(Request, tag="create-room", frozen=True, kw_only=True):
 
 
 class ListRooms(Request, tag="list-rooms", frozen=True, kw_only=True):
-    pass
+    """List rooms by name; answered by ``rooms``.
+
+    ``after`` and ``limit`` (new in v1) page through them: the first ``limit`` rooms whose
+    names sort after ``after``. Without ``limit``, every room.
+    """
+
+    after: RoomName | None = None
+    limit: PageLimit | None = None
 
 
 class GetRoom(Request, tag="get-room", frozen=True, kw_only=True):
     room: RoomName
+
+
+class UpdateRoom(Request, tag="update-room", frozen=True, kw_only=True):
+    """Change a room's settings (new in v1); answered by ``room``.
+
+    ``meta`` holds the app's settings to change, the others kept (for chat: ``topic``,
+    ``max_participants``, ``public``); ``private``, when given, makes joining need a join
+    token or not. Sessions already in the room stay; the change applies to new hellos.
+    """
+
+    room: RoomName
+    meta: dict[str, Any] | None = None
+    private: bool | None = None
 
 
 class DeleteRoom(Request, tag="delete-room", frozen=True, kw_only=True):
@@ -74,9 +102,13 @@ class RoomDetails(Reply, tag="room", frozen=True, kw_only=True):
 
 
 class RoomList(Reply, tag="rooms", frozen=True, kw_only=True):
+    """The answer to ``list-rooms``; ``next`` (new in v1) is the ``after`` of the next page,
+    null on the last one."""
+
     rooms: list[RoomInfo] = []
+    next: RoomName | None = None
 
 
 ADMIN_REQUESTS: tuple[type[Request], ...] = (
-    CreateRoom, ListRooms, GetRoom, DeleteRoom, Kick, CreateToken)
+    CreateRoom, ListRooms, GetRoom, UpdateRoom, DeleteRoom, Kick, CreateToken)
 ADMIN_EVENTS: tuple[type[Reply], ...] = (RoomDetails, RoomList, TokenIssued)

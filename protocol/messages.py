@@ -60,12 +60,17 @@ class Reply(Event, frozen=True, kw_only=True):
 class Grant(enum.StrEnum):
     """What a token allows; a join token carries a list of these (the admin token, all).
 
-    ``join`` the room; ``post`` messages, the topic and pins; ``media``: take part in the
-    call; ``hidden``: observe without being listed; ``admin``: manage that one room on the
-    admin endpoint (get-room, kick, delete-room). On the wire, the lower-case value.
+    ``join``: enter the room as a listed participant (who sees the room, as ``read``);
+    ``read``: see the room without entering it: its history, its participants and its live
+    events, as a hidden observer (new in v1); ``post``: messages, the topic and pins, also
+    without entering the room (a hello with ``subscribe: false``); ``media``: take part in
+    the call; ``hidden``: with ``join``, observe unlisted (as before ``read`` existed);
+    ``admin``: manage that one room on the admin endpoint (get-room, update-room, kick,
+    delete-room). On the wire, the lower-case value.
     """
 
     JOIN = "join"
+    READ = "read"
     POST = "post"
     MEDIA = "media"
     HIDDEN = "hidden"
@@ -141,6 +146,9 @@ class Hello(Request, tag="hello", frozen=True, kw_only=True):
     ``resume`` carries the resume token of a session that dropped inside the grace period;
     ``hidden`` makes an observer that never appears as a participant (``roomctl tail``);
     ``create: false`` refuses to create a missing room even where the daemon auto-creates.
+    ``subscribe: false`` (new in v1, hidden sessions only) makes a *sender*: it gets none
+    of the room's events, only the answers to its own requests, and enters with any token
+    for the room (``roomctl post``, the HTTP API): each request still needs its grant.
     """
 
     name: DisplayName | None = None
@@ -149,6 +157,7 @@ class Hello(Request, tag="hello", frozen=True, kw_only=True):
     hidden: bool = False
     protocol: int = PROTOCOL_VERSION
     create: bool = True
+    subscribe: bool = True
 
 
 class Leave(Request, tag="leave", frozen=True, kw_only=True):
@@ -206,9 +215,11 @@ class Welcome(Reply, tag="welcome", frozen=True, kw_only=True):
 
 
 class Ok(Reply, tag="ok", frozen=True, kw_only=True):
-    """A request succeeded; ``seq`` is set when it created a numbered record (a message)."""
+    """A request succeeded; ``seq`` is set when it created a numbered record (a message),
+    and ``at`` (new in v1) is then the record's time (Unix seconds)."""
 
     seq: int | None = None
+    at: float | None = None
 
 
 class Error(Reply, tag="error", frozen=True, kw_only=True):

@@ -488,9 +488,9 @@ def _token_refused(target: Target, credential: Credential, exc: CliError, *,
 
 
 def _with_hint(exc: HelloRefused, hidden: bool) -> CliError:
-    if hidden and exc.grant == Grant.HIDDEN:
-        exc.message += " (this command observes the room unseen: give the token the " \
-                       "hidden grant)"
+    if hidden and exc.grant == Grant.READ:
+        exc.message += " (this command watches the room unseen: give the token the " \
+                       "read grant)"
     return exc
 
 

@@ -209,7 +209,8 @@ async def test_a_room_page_with_an_invalid_name_says_why(server: Server, path: s
 
 
 async def test_page_paths_take_only_get_and_head(server: Server) -> None:
-    for path in ("/", "/r/demo", "/static/js/room.js", "/v1/rooms"):
+    # (POST /v1/rooms creates a room: the HTTP API's, tests/test_http_api.py.)
+    for path in ("/", "/r/demo", "/static/js/room.js"):
         status, headers, _ = await fetch(server, path, method="POST")
         assert status == 405, path
         assert headers["allow"] == "GET, HEAD"
@@ -235,15 +236,22 @@ async def test_the_lobby_lists_only_public_rooms(
     assert json.loads(body) == {"rooms": [
         {"name": "atrium", "topic": "", "participants": 0},
         {"name": "town-square", "topic": "Everyone welcome", "participants": 1},
-    ]}
+    ], "next": None}
+    # A page at a time, by name.
+    status, _, body = await fetch(server, "/v1/rooms?limit=1")
+    assert json.loads(body) == {"rooms": [{"name": "atrium", "topic": "", "participants": 0}],
+                                "next": "atrium"}
+    status, _, body = await fetch(server, "/v1/rooms?limit=1&after=atrium")
+    assert [room["name"] for room in json.loads(body)["rooms"]] == ["town-square"]
 
 
 async def test_other_paths_keep_their_json_answers(server: Server) -> None:
     status, _, body = await fetch(server, "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
     status, _, body = await fetch(server, "/nowhere")
-    assert (status, json.loads(body)) == (404, {"error": "not found"})
-    status, _, _ = await fetch(server, "/v1/rooms/demo")
+    assert (status, json.loads(body)) == (404, {"error": {"code": "not-found",
+                                                          "message": "not found"}})
+    status, _, _ = await fetch(server, "/v1/admin")
     assert status == 426
 
 

@@ -602,8 +602,9 @@ async def test_http_endpoints_answer_while_clients_chat(server: Server, connect:
 
         status, _, _ = await curl(f"{server.http}/nowhere")
         assert status == 404
+        # A room's path without an upgrade is the HTTP API's: without a token, refused.
         status, _, body = await curl(f"{server.http}/v1/rooms/x")
-        assert status == 426
+        assert status == 401 and json.loads(body)["error"]["code"] == "unauthorized"
         status, _, _ = await curl(f"{server.http}/v1/admin")
         assert status == 426
 

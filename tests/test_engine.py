@@ -869,12 +869,12 @@ def test_send_message_is_acknowledged_and_broadcast_only_after_commit(pair: Engi
     assert pair.rooms[ROOM].last_seq == 0  # nothing is committed yet
 
     assert commit(first[0]) == [
-        Send((ALICE,), Ok(ref="m1", seq=1)),
+        Send((ALICE,), Ok(ref="m1", seq=1, at=T0 + 5)),
         Send((ALICE, BOB), MessagePosted(message=hello)),
     ]
     assert pair.rooms[ROOM].last_seq == 1
     assert commit(second[0]) == [
-        Send((BOB,), Ok(ref="m2", seq=2)),
+        Send((BOB,), Ok(ref="m2", seq=2, at=T0 + 6)),
         Send((ALICE, BOB), MessagePosted(message=hi)),
     ]
     assert pair.rooms[ROOM].last_seq == 2
@@ -892,9 +892,10 @@ def test_a_post_with_a_used_key_is_answered_with_the_first_seq_and_stores_nothin
 
     # The retry (a lost ok, a reconnect) and any later post with the key: the first seq.
     retry = pair.request(ALICE, SendMessage(text="deploy", key="ci-42", ref="m2"), T0 + 6)
-    assert retry == [Send((ALICE,), Ok(ref="m2", seq=1))]
+    # The first post's seq and time, not the retry's.
+    assert retry == [Send((ALICE,), Ok(ref="m2", seq=1, at=T0 + 5))]
     other = pair.request(BOB, SendMessage(text="deploy", key="ci-42", ref="b"), T0 + 7)
-    assert other == [Send((BOB,), Ok(ref="b", seq=1))]
+    assert other == [Send((BOB,), Ok(ref="b", seq=1, at=T0 + 5))]
     # A new key is a new message; the key of another room means nothing here.
     assert only_persist(pair.request(ALICE, SendMessage(text="x", key="ci-43"), T0 + 8))
 
@@ -906,7 +907,7 @@ def test_a_retry_while_the_first_post_is_on_its_way_waits_for_its_commit(
     assert only_persist(retry).writes == ()  # nothing to store: it just waits its turn
 
     commit(first[0])
-    assert commit(retry[0]) == [Send((ALICE,), Ok(ref="m2", seq=1))]
+    assert commit(retry[0]) == [Send((ALICE,), Ok(ref="m2", seq=1, at=T0 + 5))]
 
     failing = pair.request(ALICE, SendMessage(text="lost", key="k2", ref="m3"), T0 + 7)
     waiting = pair.request(ALICE, SendMessage(text="lost", key="k2", ref="m4"), T0 + 8)
@@ -923,7 +924,7 @@ def test_keys_come_back_with_the_room_and_expire_after_the_window() -> None:
     engine.hello(ALICE, ROOM, Hello(name="alice"), T0 + 100)
 
     assert engine.request(ALICE, SendMessage(text="x", key="new", ref="a"), T0 + 101) == [
-        Send((ALICE,), Ok(ref="a", seq=7))]
+        Send((ALICE,), Ok(ref="a", seq=7, at=T0 + 90))]
     # Committing a later key drops those older than the window before it.
     commit(only_persist(engine.request(ALICE, SendMessage(text="y", key="later"), T0 + 150)))
     assert list(engine.rooms[ROOM].keys) == ["new", "later"]
@@ -1235,6 +1236,88 @@ def test_list_rooms_and_get_room(pair: Engine) -> None:
     ]
 
 
+def test_list_rooms_pages_by_name(engine: Engine) -> None:
+    for name in ("c", "a", "d", "b"):
+        admin_create(engine, name)
+
+    def page(**options: Any) -> tuple[list[str], str | None]:
+        [reply] = engine.admin(ADMIN, adm.ListRooms(ref="l", **options), T0 + 1)
+        assert isinstance(reply, Send) and isinstance(reply.frame, adm.RoomList)
+        return [room.name for room in reply.frame.rooms], reply.frame.next
+
+    assert page(limit=3) == (["a", "b", "c"], "c")
+    assert page(after="c", limit=3) == (["d"], None)
+    assert page(after="b") == (["c", "d"], None)
+    assert page(limit=4) == (["a", "b", "c", "d"], None)
+
+
+def test_update_room_is_stored_then_answered_and_the_topic_announced(pair: Engine) -> None:
+    effects = pair.admin(ADMIN, adm.UpdateRoom(room=ROOM, meta={"topic": "deploys",
+                                                                "max_participants": 5},
+                                               private=True, ref="u"), T0 + 3)
+
+    meta = ChatRoomMeta(creator="alice", topic="deploys", max_participants=5)
+    assert only_persist(effects).writes == (
+        PutRoom(name=ROOM, app="chat", created_at=T0, meta=msgspec.json.encode(meta),
+                private=True),)
+    room = msgspec.structs.replace(chat_room(participants=2, meta=meta), private=True)
+    assert commit(effects[0]) == [
+        Send((ALICE, BOB), TopicChanged(topic="deploys")),
+        Send((ADMIN,), adm.RoomDetails(ref="u", room=room, participants=[ALICE_VIEW, BOB_VIEW])),
+    ]
+    # Who is in stays; the next hello without a token is refused.
+    assert pair.hello(CAROL, ROOM, Hello(ref="h"), T0 + 4, ANONYMOUS)[0] == error(
+        CAROL, ErrorCode.UNAUTHORIZED, "h")
+    # Unchanged fields stay, a null limit lifts the limit, and no topic change is no event.
+    again = pair.admin(ADMIN, adm.UpdateRoom(room=ROOM, meta={"max_participants": None},
+                                             ref="v"), T0 + 5)
+    [details] = commit(only_persist(again))
+    assert isinstance(details, Send) and isinstance(details.frame, adm.RoomDetails)
+    assert details.frame.room.meta == ChatRoomMeta(creator="alice", topic="deploys")
+    assert details.frame.room.private is True
+
+
+@pytest.mark.parametrize(("meta", "wanted"), [
+    ({"pins": [1]}, "'pins' cannot be changed"),
+    ({"topic": 5}, "Expected `str`"),
+    ({"max_participants": 500}, "over this daemon's cap of 100"),
+])
+def test_an_invalid_update_is_a_bad_request_and_changes_nothing(
+        meta: dict[str, Any], wanted: str) -> None:
+    engine = make_engine(max_participants=100)
+    admin_create(engine, ROOM, meta={"topic": "kept"})
+
+    [refusal] = engine.admin(ADMIN, adm.UpdateRoom(room=ROOM, meta=meta, ref="u"), T0 + 1)
+
+    assert refusal == error(ADMIN, ErrorCode.BAD_REQUEST, "u")
+    assert isinstance(refusal, Send) and isinstance(refusal.frame, Error)
+    assert wanted in refusal.frame.message
+    assert engine.rooms[ROOM].meta == ChatRoomMeta(topic="kept")
+
+
+def test_an_update_that_failed_to_commit_is_undone(pair: Engine) -> None:
+    effects = pair.admin(ADMIN, adm.UpdateRoom(room=ROOM, meta={"topic": "lost"},
+                                               private=True, ref="u"), T0 + 3)
+
+    assert fail(only_persist(effects)) == [error(ADMIN, ErrorCode.INTERNAL, "u")]
+    assert pair.rooms[ROOM].meta == ChatRoomMeta(creator="alice")
+    assert pair.rooms[ROOM].private is False
+
+
+def test_a_room_admin_token_updates_its_room_only(engine: Engine) -> None:
+    admin_create(engine, ROOM)
+    admin_create(engine, "other")
+    engine.admin_hello(7, Hello(), T0, token_access(ROOM, "admin"))
+
+    assert engine.admin(7, adm.UpdateRoom(room="other", meta={"topic": "x"}, ref="u"),
+                        T0) == [error(7, ErrorCode.FORBIDDEN, "u")]
+    assert isinstance(engine.admin(7, adm.UpdateRoom(room=ROOM, meta={"topic": "x"}),
+                                   T0)[0], Persist)
+    [listed] = engine.admin(7, adm.ListRooms(ref="l"), T0)
+    assert isinstance(listed, Send) and isinstance(listed.frame, adm.RoomList)
+    assert [room.name for room in listed.frame.rooms] == [ROOM]
+
+
 def test_delete_room_closes_its_sessions_and_deletes_it(pair: Engine) -> None:
     pair.disconnect(BOB, T0 + 2)  # Bob is in grace: his timer is cancelled
 
@@ -1356,15 +1439,95 @@ def test_a_token_for_another_room_is_forbidden_and_closed(engine: Engine) -> Non
     assert engine.rooms == {}  # refused before the room was created
 
 
-def test_hidden_needs_the_hidden_grant(engine: Engine) -> None:
-    refused = engine.hello(OBSERVER, ROOM, Hello(ref="h", hidden=True), T0, token_access())
-    assert refused == [error(OBSERVER, ErrorCode.FORBIDDEN, "h"),
+def welcome_of(effects: list[Effect]) -> Welcome:
+    """The welcome among ``effects`` (the last of them), asserting there is one."""
+    last = effects[-1]
+    assert isinstance(last, Send) and isinstance(last.frame, Welcome), effects
+    return last.frame
+
+
+def test_a_hidden_observer_needs_read_or_join_and_hidden(engine: Engine) -> None:
+    refused = engine.hello(OBSERVER, ROOM, Hello(ref="h", hidden=True), T0,
+                           token_access(ROOM, "join", "post", "media"))
+    assert refused == [error(OBSERVER, ErrorCode.FORBIDDEN, "h", grant=Grant.READ),
                        Close(OBSERVER, CloseCode.FORBIDDEN, ANY),
                        AccessRefused(ROOM, OBSERVER, ErrorCode.FORBIDDEN,
-                                     "the token does not grant hidden")]
-    allowed = engine.hello(OBSERVER, ROOM, Hello(ref="h", hidden=True), T0,
-                           token_access(ROOM, "join", "hidden"))
-    assert isinstance(allowed[-1], Send) and isinstance(allowed[-1].frame, Welcome)
+                                     "the token does not grant read (watching a room unseen "
+                                     "needs read)")]
+    assert engine.rooms == {}
+    # read alone is enough, and so is join with hidden (the rule before read existed).
+    for grants, conn in ((("read",), 5), (("join", "hidden"), 6)):
+        watcher = welcome_of(engine.hello(conn, ROOM, Hello(hidden=True), T0,
+                                          token_access(ROOM, *grants)))
+        assert watcher.participants == [] and watcher.room == chat_room(participants=0,
+                                                                        meta=ChatRoomMeta())
+
+
+def test_a_reader_sees_the_room_but_may_not_post_or_enter_the_call(pair: Engine) -> None:
+    pair.hello(OBSERVER, ROOM, Hello(hidden=True), T0 + 2, token_access(ROOM, "read"))
+
+    [query] = pair.request(OBSERVER, GetMessages(ref="g"), T0 + 3)
+    assert isinstance(query, Query)
+    assert pair.request(OBSERVER, GetParticipants(ref="p"), T0 + 3) == [
+        Send((OBSERVER,), Participants(ref="p", participants=[ALICE_VIEW, BOB_VIEW]))]
+    assert pair.request(OBSERVER, SendMessage(text="hi", ref="m"), T0 + 3) == [
+        error(OBSERVER, ErrorCode.FORBIDDEN, "m", grant=Grant.POST)]
+    # What the room says reaches it.
+    assert post(pair, ALICE, "hello", T0 + 4) == [
+        Send((ALICE, BOB, OBSERVER),
+             MessagePosted(message=message(1, T0 + 4, "s1", "alice", "hello")))]
+
+
+def test_join_includes_read(engine: Engine) -> None:
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0, token_access(ROOM, "join"))
+
+    [query] = engine.request(ALICE, GetMessages(ref="g"), T0 + 1)
+    assert isinstance(query, Query)
+    assert engine.rooms[ROOM].sessions["s1"].grants == {Grant.JOIN, Grant.READ}
+
+
+def test_a_sender_posts_with_post_alone_and_hears_only_its_answers(pair: Engine) -> None:
+    effects = pair.hello(5, ROOM, Hello(name="ci", hidden=True, subscribe=False, ref="h"),
+                         T0 + 2, token_access(ROOM, "post", name="CI"))
+
+    # A welcome that tells it nothing of the room: no read grant.
+    assert effects == [Send((5,), Welcome(ref="h", session_id="s3", resume_token="token-3",
+                                          room=None, participants=[], grace=GRACE,
+                                          server="roomctl-test"))]
+    sent = pair.request(5, SendMessage(text="deploy done", key="job-7", ref="m"), T0 + 3)
+    posted = message(1, T0 + 3, "s3", "CI", "deploy done")
+    assert commit(only_persist(sent)) == [
+        Send((5,), Ok(ref="m", seq=1, at=T0 + 3)),
+        Send((ALICE, BOB), MessagePosted(message=posted)),  # not to the sender
+    ]
+    for request in (GetMessages(ref="r"), GetParticipants(ref="r")):
+        assert pair.request(5, request, T0 + 4) == [
+            error(5, ErrorCode.FORBIDDEN, "r", grant=Grant.READ)]
+    assert pair.participants(pair.rooms[ROOM]) == [ALICE_VIEW, BOB_VIEW]
+    assert pair.disconnect(5, T0 + 5) == []  # it ends with its connection, unannounced
+    assert "s3" not in pair.rooms[ROOM].sessions
+
+
+def test_a_sender_needs_a_token_for_the_room_where_one_is_needed() -> None:
+    engine = make_engine()
+    admin_create(engine, ROOM, private=True)
+    sender = Hello(hidden=True, subscribe=False, ref="h")
+
+    assert engine.hello(5, ROOM, sender, T0, ANONYMOUS)[0] == error(
+        5, ErrorCode.UNAUTHORIZED, "h")
+    assert engine.hello(6, ROOM, sender, T0, token_access("elsewhere", "post"))[0] == error(
+        6, ErrorCode.FORBIDDEN, "h")
+    # Any token for the room lets it in; each request then needs its own grant.
+    welcome_of(engine.hello(7, ROOM, sender, T0, token_access(ROOM, "media")))
+    assert engine.request(7, SendMessage(text="x", ref="m"), T0) == [
+        error(7, ErrorCode.FORBIDDEN, "m", grant=Grant.POST)]
+
+
+def test_only_a_hidden_session_may_leave_out_the_room_s_events(engine: Engine) -> None:
+    assert engine.hello(ALICE, ROOM, Hello(name="alice", subscribe=False, ref="h"), T0) == [
+        error(ALICE, ErrorCode.BAD_REQUEST, "h",
+              "subscribe: false is for hidden sessions only (add hidden: true)")]
+    assert engine.rooms == {} and not engine.welcomed(ALICE)
 
 
 def test_the_token_name_wins_and_its_identity_is_shown(engine: Engine) -> None:

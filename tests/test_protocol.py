@@ -62,7 +62,7 @@ EVENT_TYPES = [t for t in FRAME_TYPES if issubclass(t, Event)]
 
 # 7 core requests + 11 core events, 7 chat requests + 4 chat events, 5 admin requests +
 # 2 admin replies. Adding a type means adding an example below and bumping this.
-EXPECTED_FRAME_TYPES = 39
+EXPECTED_FRAME_TYPES = 40
 
 
 def _tag(cls: type[Frame]) -> str:
@@ -93,7 +93,7 @@ _MESSAGE = chat.ChatMessage(seq=42, at=1_700_000_123.75, sender_id="a1b2c3",
 EXAMPLES: dict[type[Frame], Frame] = {
     # core requests
     messages.Hello: messages.Hello(ref="r1", name="alice", token="t0ken", resume="res-tok",
-                                   hidden=True, protocol=1),
+                                   hidden=True, protocol=1, subscribe=False),
     messages.GetParticipants: messages.GetParticipants(ref="r2"),
     messages.Join: messages.Join(ref="r3"),
     messages.Part: messages.Part(ref="r4"),
@@ -108,7 +108,7 @@ EXAMPLES: dict[type[Frame], Frame] = {
     messages.Welcome: messages.Welcome(
         ref="r1", session_id="a1b2c3", resume_token="secret", resumed=True, room=_ROOM,
         participants=[_PARTICIPANT], grace=12.5, protocol=1, server="roomctl/0.1.0"),
-    messages.Ok: messages.Ok(ref="r8", seq=42),
+    messages.Ok: messages.Ok(ref="r8", seq=42, at=1_700_000_123.75),
     messages.Error: messages.Error(ref="r9", code=ErrorCode.ROOM_FULL, message="full"),
     messages.Participants: messages.Participants(ref="r2", participants=[_PARTICIPANT]),
     messages.ParticipantJoined: messages.ParticipantJoined(participant=_PARTICIPANT),
@@ -124,7 +124,7 @@ EXAMPLES: dict[type[Frame], Frame] = {
     # chat requests
     chat.SetName: chat.SetName(ref="c1", name="Alice Ω"),
     chat.SetStatus: chat.SetStatus(ref="c2", status="busy", text="in a meeting"),
-    chat.SendMessage: chat.SendMessage(ref="c3", text="hello ✓"),
+    chat.SendMessage: chat.SendMessage(ref="c3", text="hello ✓", key="job-7"),
     chat.GetMessages: chat.GetMessages(ref="c4", after=10, before=20, limit=5),
     chat.SetTopic: chat.SetTopic(ref="c5", topic="release day"),
     chat.Pin: chat.Pin(ref="c6", seq=3),
@@ -138,8 +138,9 @@ EXAMPLES: dict[type[Frame], Frame] = {
     admin.CreateRoom: admin.CreateRoom(ref="a1", room="ops", app="chat",
                                        meta={"topic": "t", "max_participants": 4},
                                        if_missing=True),
-    admin.ListRooms: admin.ListRooms(ref="a2"),
+    admin.ListRooms: admin.ListRooms(ref="a2", after="dev", limit=50),
     admin.GetRoom: admin.GetRoom(ref="a3", room="ops"),
+    admin.UpdateRoom: admin.UpdateRoom(ref="a7", room="ops", meta={"topic": "t"}, private=True),
     admin.DeleteRoom: admin.DeleteRoom(ref="a4", room="ops"),
     admin.Kick: admin.Kick(ref="a5", room="ops", participant_id="a1b2c3"),
     admin.CreateToken: admin.CreateToken(ref="a6", room="ops", identity="alice@example.org",
@@ -149,7 +150,7 @@ EXAMPLES: dict[type[Frame], Frame] = {
                                          identity="alice@example.org", grants=["join", "post"],
                                          expires_at=1795760378.0),
     admin.RoomDetails: admin.RoomDetails(ref="a3", room=_ROOM, participants=[_PARTICIPANT]),
-    admin.RoomList: admin.RoomList(ref="a2", rooms=[_ROOM]),
+    admin.RoomList: admin.RoomList(ref="a2", rooms=[_ROOM], next="ops"),
 }
 
 FORMATS = [WireFormat.JSON, WireFormat.MSGPACK]

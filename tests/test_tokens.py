@@ -172,11 +172,14 @@ async def test_a_bad_token_is_refused_even_in_an_open_room(private_server: Serve
         assert await refused_hello(client, token=forged) == ("unauthorized", 4001)
 
 
-async def test_hidden_needs_its_grant(private_server: Server) -> None:
+async def test_watching_unseen_needs_read(private_server: Server) -> None:
     token = make_token(private_server, "valid", ["join", "post"])
     async with ws(private_server, f"/v1/rooms/{ROOM}") as client:
         reply = await client.hello(token=token, hidden=True)
-        assert (reply["code"], reply["grant"]) == ("forbidden", "hidden")
+        assert (reply["code"], reply["grant"]) == ("forbidden", "read")
+    reader = make_token(private_server, "valid", ["read"])
+    async with ws(private_server, f"/v1/rooms/{ROOM}") as client:
+        assert (await client.hello(token=reader, hidden=True))["type"] == "welcome"
 
 
 async def test_a_forbidden_request_names_the_grant_it_lacked(private_server: Server) -> None:
@@ -311,7 +314,7 @@ async def test_refused_tokens_exit_4_with_one_line(daemon_process: ServeProcess)
     assert forged.rc == 4 and "unauthorized" in one_error_line(forged)
     no_hidden = (await roomctl(sp, "token", "create", "-r", ROOM, "-i", "y")).out.strip()
     lurker = await roomctl(sp, "who", ROOM, "--token", no_hidden, env=nothing)
-    assert lurker.rc == 4 and "hidden grant" in one_error_line(lurker)
+    assert lurker.rc == 4 and "read grant" in one_error_line(lurker)
     listing = await roomctl(sp, "room", "list", "--token", no_hidden, env=nothing)
     assert listing.rc == 4 and "forbidden" in one_error_line(listing)
     bad_grant = await roomctl(sp, "token", "create", "-r", ROOM, "-i", "z", "-g", "root")

@@ -40,6 +40,8 @@ from protocol.limits import MAX_DISPLAY_NAME, MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
 from protocol.messages import Hello
 
 DEFAULT_NAME = "guest"
+# What an administrator's update-room may change (pins and the creator are the room's own).
+UPDATABLE = frozenset({"topic", "max_participants", "public"})
 
 _encode_message = msgspec.msgpack.Encoder().encode
 _decode_message = msgspec.msgpack.Decoder(ChatMessage).decode
@@ -50,7 +52,8 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
     """Rooms where participants chat; the default app of ``roomctl serve``.
 
     Writing to the room's history and its shared state (messages, topic, pins) needs the
-    ``post`` grant; names, statuses and reading history need only being in the room.
+    ``post`` grant, and reading its history the ``read`` grant (which ``join`` includes);
+    names and statuses need only being in the room.
     """
 
     name = "chat"
@@ -74,6 +77,18 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
 
     def max_participants(self, meta: ChatRoomMeta) -> int | None:
         return meta.max_participants
+
+    def update_room(self, meta: ChatRoomMeta, changes: dict[str, Any]) -> ChatRoomMeta:
+        unknown = sorted(set(changes) - UPDATABLE)
+        if unknown:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"invalid room options: {unknown[0]!r} cannot be changed; "
+                                f"update-room changes {', '.join(sorted(UPDATABLE))}")
+        return super().update_room(meta, changes)
+
+    def room_updated(self, ctx: Context, before: ChatRoomMeta, after: ChatRoomMeta) -> None:
+        if after.topic != before.topic:
+            ctx.broadcast(TopicChanged(topic=after.topic))
 
     def decode_session_meta(self, data: bytes) -> ChatParticipantMeta:
         return _decode_participant(data)
@@ -132,7 +147,7 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
                     msgspec.structs.replace(meta, messages_sent=meta.messages_sent + 1),
                     announce=False,
                 )
-            after.ok(seq=message.seq)
+            after.ok(seq=message.seq, at=message.at)
             after.broadcast(MessagePosted(message=message))
 
         ctx.persist(ctx.log_entry(message.seq, _encode_message(message), key=request.key),
@@ -149,14 +164,15 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
         known = ctx.seq_for_key(key)
         if known is None:
             return False
-        seq, committed = known
-        if committed:
-            ctx.ok(seq=seq)
+        seq, at = known
+        if at is not None:
+            ctx.ok(seq=seq, at=at)
             return True
 
         def settled(after: Context) -> None:
-            if after.seq_for_key(key) == (seq, True):
-                after.ok(seq=seq)
+            now_known = after.seq_for_key(key)
+            if now_known is not None and now_known[0] == seq and now_known[1] is not None:
+                after.ok(seq=seq, at=now_known[1])
             else:
                 after.error(ErrorCode.UNAVAILABLE, "the first post with this key was not "
                             "stored; send it again", retry_after=0.1)
@@ -164,7 +180,7 @@ class ChatApp(App[ChatRoomMeta, ChatParticipantMeta]):
         ctx.persist(then=settled)  # no write: runs in order, after the first post's commit
         return True
 
-    @handles(GetMessages)
+    @handles(GetMessages, grant=Grant.READ)
     def get_messages(self, ctx: Context, request: GetMessages) -> None:
         limit = request.limit
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from protocol import Grant
 
 ALL_GRANTS: frozenset[Grant] = frozenset(Grant)
-# What anyone may do in an open room without a token.
-OPEN_ROOM_GRANTS: frozenset[Grant] = frozenset({Grant.JOIN, Grant.POST, Grant.MEDIA, Grant.HIDDEN})
+# What anyone may do in an open room without a token: everything but manage it.
+OPEN_ROOM_GRANTS: frozenset[Grant] = ALL_GRANTS - {Grant.ADMIN}
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Access:
     identity: str | None = None
     name: str | None = None
     anonymous: bool = False
+    expires_at: float | None = None  # a join token's expiry (Unix seconds)
 
     @property
     def is_admin(self) -> bool:

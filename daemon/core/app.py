@@ -71,6 +71,22 @@ class App(Generic[RoomMetaT, SessionMetaT]):
         """
         return None
 
+    def update_room(self, meta: RoomMetaT, changes: dict[str, Any]) -> RoomMetaT:
+        """Return ``meta`` with an administrator's ``changes`` (``update-room``) applied.
+
+        Raises ProtocolError (bad-request) for invalid changes. The default takes any
+        field of ``room_meta_type``.
+        """
+        try:
+            updated: RoomMetaT = msgspec.convert(  # type: ignore[assignment]
+                {**msgspec.to_builtins(meta), **changes}, self.room_meta_type)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid room options: {exc}") from None
+        return updated
+
+    def room_updated(self, ctx: Context, before: RoomMetaT, after: RoomMetaT) -> None:
+        """An ``update-room`` is stored: tell the room what changed (``ctx.broadcast``)."""
+
     def admit(self, ctx: Context, hello: Hello) -> SessionMetaT:
         """Return the metadata of a session entering the room. Raises ProtocolError to refuse."""
         raise NotImplementedError
@@ -152,10 +168,11 @@ class Context:
         if conn is not None:
             self.effects.append(Send((conn,), frame))
 
-    def ok(self, seq: int | None = None) -> None:
-        """Acknowledge the request; only requests that carry a ``ref`` get an ``ok``."""
+    def ok(self, seq: int | None = None, at: float | None = None) -> None:
+        """Acknowledge the request (with the ``seq`` and time ``at`` of a record it made);
+        only requests that carry a ``ref`` get an ``ok``."""
         if self.ref is not None:
-            self.reply(Ok(ref=self.ref, seq=seq))
+            self.reply(Ok(ref=self.ref, seq=seq, at=at))
 
     def error(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
         self.reply(Error(ref=self.ref, code=code, message=message, retry_after=retry_after))
@@ -211,14 +228,14 @@ class Context:
             self.room.pending_keys[key] = seq
         return AppendLog(room=self.room.name, seq=seq, at=self.now, body=body, key=key)
 
-    def seq_for_key(self, key: str) -> tuple[int, bool] | None:
-        """Return the seq a post with idempotency ``key`` got in this room, and whether it
-        is committed (False: still on its way to the store); None for a new key."""
+    def seq_for_key(self, key: str) -> tuple[int, float | None] | None:
+        """Return the seq a post with idempotency ``key`` got in this room, and its time
+        once committed (None: still on its way to the store); None for a new key."""
         committed = self.room.keys.get(key)
         if committed is not None:
-            return committed[0], True
+            return committed
         pending = self.room.pending_keys.get(key)
-        return None if pending is None else (pending, False)
+        return None if pending is None else (pending, None)
 
     def persist(
         self,

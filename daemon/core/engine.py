@@ -409,12 +409,17 @@ class Engine:
                 ref=hello.ref, code=ErrorCode.BAD_REQUEST,
                 message=f"protocol {hello.protocol} is not supported; this daemon speaks "
                         f"protocol {PROTOCOL_VERSION}"))]
+        if not hello.subscribe and not hello.hidden:
+            return [Send((conn,), Error(
+                ref=hello.ref, code=ErrorCode.BAD_REQUEST,
+                message="subscribe: false is for hidden sessions only (add hidden: true)"))]
         effects: list[Effect] = []
         room = self.rooms.get(room_name)
         grants: frozenset[Grant] = ALL_GRANTS
         if hello.resume is None:
             try:
-                grants = self.check_access(room_name, access, hidden=hello.hidden)
+                grants = self.check_access(room_name, access, hidden=hello.hidden,
+                                           subscribe=hello.subscribe)
             except ProtocolError as exc:
                 close = CloseCode.UNAUTHORIZED if exc.code == ErrorCode.UNAUTHORIZED \
                     else CloseCode.FORBIDDEN
@@ -465,14 +470,17 @@ class Engine:
         room = self.rooms.get(room_name)
         return self.require_tokens or (room is not None and room.private)
 
-    def check_access(self, room_name: str, access: Access, *,
-                     hidden: bool = False) -> frozenset[Grant]:
+    def check_access(self, room_name: str, access: Access, *, hidden: bool = False,
+                     subscribe: bool = True) -> frozenset[Grant]:
         """Return the grants a new session in ``room_name`` gets with ``access``.
 
-        Raises ProtocolError ``unauthorized`` (no token where one is needed) or
-        ``forbidden`` (a token for another room, or without the grant ``join``, or
-        ``hidden`` when asked for). Room limits and whether the room exists are not
-        looked at.
+        Entering as a listed participant needs ``join``; as a hidden observer, ``read``
+        (or ``join`` and ``hidden``, the rule before ``read`` existed); as a sender
+        (hidden, not subscribed), nothing beyond a token for the room, since each of its
+        requests needs its own grant. ``join`` includes ``read``: a participant sees the
+        room. Raises ProtocolError ``unauthorized`` (no token where one is needed) or
+        ``forbidden`` (a token for another room, or without the grant entering needs).
+        Room limits and whether the room exists are not looked at.
         """
         private = self.is_private(room_name)
         if access.anonymous:
@@ -487,10 +495,15 @@ class Engine:
                                 f"the token is for room {access.room!r}, not {room_name!r}")
         else:
             grants = access.grants
-        if Grant.JOIN not in grants:
-            raise MissingGrant(Grant.JOIN, "the token does not grant join")
-        if hidden and Grant.HIDDEN not in grants:
-            raise MissingGrant(Grant.HIDDEN, "the token does not grant hidden")
+        if not hidden:
+            if Grant.JOIN not in grants:
+                raise MissingGrant(Grant.JOIN, "the token does not grant join")
+        elif subscribe and Grant.READ not in grants \
+                and not (Grant.JOIN in grants and Grant.HIDDEN in grants):
+            raise MissingGrant(Grant.READ, "the token does not grant read (watching a room "
+                                           "unseen needs read)")
+        if Grant.JOIN in grants and Grant.READ not in grants:
+            grants = grants | {Grant.READ}
         return grants
 
     def request(self, conn: ConnId, request: Request, now: float) -> list[Effect]:
@@ -559,13 +572,16 @@ class Engine:
         if limits is not None:
             limits = msgspec.structs.replace(
                 limits, max_participants=self._participant_limit(session.room))
+        # The room and its participants are for those who may see the room (read); a
+        # sender with only post learns nothing of it.
+        reads = Grant.READ in session.grants
         return Welcome(
             ref=ref,
             session_id=session.id,
             resume_token=session.resume_token,
             resumed=resumed,
-            room=self.room_info(session.room),
-            participants=self.participants(session.room),
+            room=self.room_info(session.room) if reads else None,
+            participants=self.participants(session.room) if reads else [],
             grace=self.grace,
             server=self.server,
             limits=limits,
@@ -583,7 +599,7 @@ class Engine:
             session_id = self._new_id()
         session = Session(id=session_id, room=room, resume_token=self._new_token(),
                           hidden=hello.hidden, joined_at=now, meta=meta, conn=conn,
-                          grants=grants, identity=identity)
+                          grants=grants, identity=identity, subscribed=hello.subscribe)
         room.sessions[session.id] = session
         self._conns[conn] = session
         self._by_token[session.resume_token] = session
@@ -831,7 +847,7 @@ class Engine:
         ctx.effects += self._end(session, reason="left", now=ctx.now,
                                  close=(CloseCode.NORMAL, "left the room"))
 
-    @handles(GetParticipants)
+    @handles(GetParticipants, grant=Grant.READ)
     def _get_participants(self, ctx: Context, request: GetParticipants) -> None:
         ctx.reply(Participants(ref=ctx.ref, participants=self.participants(ctx.room)))
 
@@ -886,7 +902,7 @@ class Engine:
         """Raise ``forbidden`` unless a room's admin grant allows ``request``."""
         if isinstance(request, adm.ListRooms):
             return
-        if isinstance(request, adm.GetRoom | adm.Kick | adm.DeleteRoom):
+        if isinstance(request, adm.GetRoom | adm.UpdateRoom | adm.Kick | adm.DeleteRoom):
             if request.room != access.room:
                 raise ProtocolError(ErrorCode.FORBIDDEN,
                                     f"the token is for room {access.room!r}, "
@@ -907,9 +923,15 @@ class Engine:
     @handles(adm.ListRooms)
     def _list_rooms(self, conn: ConnId, request: adm.ListRooms, now: float,
                     access: Access) -> list[Effect]:
-        rooms = [self.room_info(r) for _, r in sorted(self.rooms.items())
-                 if access.is_admin or r.name == access.room]
-        return [Send((conn,), adm.RoomList(ref=request.ref, rooms=rooms))]
+        names = sorted(name for name in self.rooms
+                       if (access.is_admin or name == access.room)
+                       and (request.after is None or name > request.after))
+        following = None
+        if request.limit is not None and len(names) > request.limit:
+            names = names[:request.limit]
+            following = names[-1]
+        rooms = [self.room_info(self.rooms[name]) for name in names]
+        return [Send((conn,), adm.RoomList(ref=request.ref, rooms=rooms, next=following))]
 
     @handles(adm.GetRoom)
     def _get_room(self, conn: ConnId, request: adm.GetRoom, now: float,
@@ -977,6 +999,37 @@ class Engine:
         ctx.persist(self.room_record(room),
                     then=lambda c: c.reply(self._details(request.ref, room)), undo=undo)
         ctx.effects.append(RoomCreated(room.name, implicit=False))
+        return ctx.effects
+
+    @handles(adm.UpdateRoom)
+    def _update_room(self, conn: ConnId, request: adm.UpdateRoom, now: float,
+                     access: Access) -> list[Effect]:
+        room = self._room(request.room)
+        before, was_private = room.meta, room.private
+        meta = room.app.update_room(before, request.meta or {})
+        asked = room.app.max_participants(meta)
+        if self.max_participants is not None and asked is not None \
+                and asked > self.max_participants:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"max_participants {asked} is over this daemon's cap of "
+                                f"{self.max_participants} participants per room")
+        ctx = Context(self, room, None, request.ref, now, conn=conn)
+        ctx.set_room_meta(meta)
+        if request.private is not None:
+            room.private = request.private
+        ctx.effects += self._cancel_expiry(room)  # a room someone set up is in use
+        revert_meta = ctx.room_meta_undo(before)
+
+        def undo() -> None:
+            revert_meta()
+            if room.private == request.private:
+                room.private = was_private
+
+        def updated(after: Context) -> None:
+            room.app.room_updated(after, before, meta)
+            after.reply(self._details(request.ref, room))
+
+        ctx.persist(self.room_record(room), then=updated, undo=undo)
         return ctx.effects
 
     @handles(adm.DeleteRoom)

@@ -42,6 +42,9 @@ class Session:
     media: MediaState = field(default_factory=MediaState)
     grants: frozenset[Grant] = ALL_GRANTS
     identity: str | None = None  # the join token's subject
+    # False: a sender (hello ``subscribe: false``), to whom no broadcast goes; only the
+    # answers to its own requests.
+    subscribed: bool = True
     # Mesh edges: the ids this session has (or is setting up) a peer connection with.
     # Both sets are made on first use: most sessions never join a call, and an empty set
     # is 216 bytes of every idle connection.
@@ -103,8 +106,10 @@ class Room:
         return self.implicit and self.next_seq == 0
 
     def connections(self, exclude: str | None = None) -> tuple[ConnId, ...]:
+        """Return the connections a broadcast goes to: every subscribed, connected session's."""
         return tuple(
-            s.conn for s in self.sessions.values() if s.conn is not None and s.id != exclude
+            s.conn for s in self.sessions.values()
+            if s.conn is not None and s.subscribed and s.id != exclude
         )
 
     def visible(self) -> list[Session]:

@@ -40,11 +40,14 @@ from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
+import msgspec
 import trio
 
 from daemon.net import wire
 from daemon.net.transport import Closed
 from daemon.net.websocket import Handshake, HandshakeError, Upgrade
+from protocol.errors import ErrorCode
+from protocol.http import CODE_FOR_STATUS, ErrorBody, ErrorDetail
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -52,8 +55,10 @@ __all__ = [
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
+    "ResponseChannel",
     "Upgrade",
     "WebSocketHandler",
+    "error_body",
     "handle_connection",
     "peer_of",
     "refuse_connection",
@@ -80,6 +85,7 @@ _ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.EN
                                             errno.ENOBUFS})
 _ACCEPT_RETRY: Final = 0.1
 _TASK_NAME: Final = "daemon.net.front: a connection"
+_encode_json = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,62 @@ class HttpRequest:
 
 @dataclass(frozen=True)
 class HttpResponse:
-    """What an HTTP handler returns; framing headers are added by the front."""
+    """What an HTTP handler returns; framing headers are added by the front.
+
+    With ``stream`` the rest is ignored: the front hands the exchange to ``stream``, which
+    answers through the ``ResponseChannel`` it gets, with a whole response or a head and
+    then a body written as it comes (Server-Sent Events).
+    """
 
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+    stream: Callable[[ResponseChannel], Awaitable[None]] | None = None
+
+
+class ResponseChannel:
+    """How a streaming handler answers: ``respond`` with a whole response (an error found
+    before the stream began), or ``start`` a streamed one and ``send`` its body.
+
+    While a stream runs, the front watches the client's side: when it hangs up, the
+    handler is cancelled. ``send`` raises trio.BrokenResourceError when the client is
+    gone or takes longer than the head timeout to accept the bytes.
+    """
+
+    def __init__(self, connection: _Connection, nursery: trio.Nursery) -> None:
+        self._connection = connection
+        self._nursery = nursery
+        self.state: str = "new"  # then "responded" or "started"
+
+    async def respond(self, response: HttpResponse) -> None:
+        """Send ``response`` whole; the connection may then serve another request."""
+        if self.state != "new":
+            raise RuntimeError("this request was answered already")
+        self.state = "responded"
+        head, body = self._connection._render(response, close=False)
+        await self._connection._send(head, h11.Data(data=body), h11.EndOfMessage())
+
+    async def start(self, status: int, content_type: str,
+                    headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Send the head of a streamed response (its body's length unknown: chunked)."""
+        if self.state != "new":
+            raise RuntimeError("this request was answered already")
+        self.state = "started"
+        head, _ = self._connection._render(
+            HttpResponse(status, b"", content_type=content_type, headers=headers),
+            close=True, streamed=True)
+        await self._connection._send(head)
+        self._nursery.start_soon(self._connection._watch_hangup, self._nursery.cancel_scope)
+
+    async def send(self, data: bytes) -> None:
+        """Send part of a started response's body."""
+        if self.state != "started":
+            raise RuntimeError("start the response first")
+        try:
+            await self._connection._send(h11.Data(data=data))
+        except _Hangup:
+            raise trio.BrokenResourceError("the client does not read") from None
 
 
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -282,9 +338,13 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-def _error_body(reason: str) -> bytes:
-    escaped = reason.replace("\\", "\\\\").replace('"', '\\"')
-    return b'{"error":"%s"}' % escaped.encode("ascii", errors="replace")
+def error_body(status: int, message: str, code: ErrorCode | None = None) -> bytes:
+    """Return the JSON body of an error answer: ``{"error": {"code", "message"}}``, as
+    the HTTP API's (``protocol.http.ErrorBody``); ``code`` defaults to the status's."""
+    if code is None:
+        code = CODE_FOR_STATUS.get(status, ErrorCode.BAD_REQUEST if status < 500
+                                   else ErrorCode.INTERNAL)
+    return _encode_json(ErrorBody(error=ErrorDetail(code=code, message=message))) + b"\n"
 
 
 def _response(status: int, body: bytes, *, content_type: str = "application/json",
@@ -406,17 +466,62 @@ class _Connection:
         request = _build_request(event, self._peer, await self._read_body(event))
         try:
             response = await self._on_http(request)
+            if response.stream is not None:
+                return await self._serve_stream(request, response.stream)
             h11_response, body = self._render(response, close=False)
         except Exception:
             logger.exception("HTTP handler failed: %s %s from %s", request.method,
                              request.path, request.peer)
             h11_response, body = self._render(
-                HttpResponse(500, _error_body("internal server error")), close=True
+                HttpResponse(500, error_body(500, "internal server error")), close=True
             )
         await self._send(h11_response, h11.Data(data=body), h11.EndOfMessage())
         return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
 
-    def _render(self, response: HttpResponse, *, close: bool) -> tuple[h11.Response, bytes]:
+    async def _serve_stream(self, request: HttpRequest,
+                            stream: Callable[[ResponseChannel], Awaitable[None]]) -> bool:
+        """Let ``stream`` answer; return whether the connection may be reused (only after
+        a whole response)."""
+        failed = False
+        async with trio.open_nursery() as nursery:
+            channel = ResponseChannel(self, nursery)
+            try:
+                await stream(channel)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                logger.debug("stream to %s ended: the client went away", request.peer)
+            except Exception:
+                logger.exception("HTTP stream failed: %s %s from %s", request.method,
+                                 request.path, request.peer)
+                failed = True
+            nursery.cancel_scope.cancel()  # the hang-up watcher
+        if channel.state == "new":
+            if not failed:
+                logger.error("HTTP stream handler for %s did not answer", request.path)
+            head, body = self._render(HttpResponse(500, error_body(500, "internal server "
+                                                                   "error")), close=True)
+            await self._send(head, h11.Data(data=body), h11.EndOfMessage())
+            return False
+        if channel.state == "started":
+            with trio.move_on_after(_CLOSE_TIMEOUT):
+                try:
+                    await self._send(h11.EndOfMessage())
+                except (trio.BrokenResourceError, trio.ClosedResourceError, _Hangup,
+                        h11.LocalProtocolError):
+                    pass
+            return False
+        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+
+    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` when the client closes its side (a streamed response runs)."""
+        try:
+            while await self._stream.receive_some(_RECEIVE_CHUNK):
+                pass  # a request behind a stream is not served: the connection closes after
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    def _render(self, response: HttpResponse, *, close: bool,
+                streamed: bool = False) -> tuple[h11.Response, bytes]:
         # Everything that can reject a handler's response (types, status range, header
         # encoding, h11's header validation) happens here, before any byte is written, so
         # a bad response can still be replaced by a 500.
@@ -432,7 +537,8 @@ class _Connection:
             "date": (b"Date", formatdate(usegmt=True).encode("ascii")),
         }
         if has_body:
-            headers["content-length"] = (b"Content-Length", b"%d" % len(body))
+            if not streamed:  # (h11 frames a body of unknown length: chunked, or close)
+                headers["content-length"] = (b"Content-Length", b"%d" % len(body))
             if response.content_type:
                 headers["content-type"] = (
                     b"Content-Type",
@@ -472,7 +578,8 @@ class _Connection:
         # Mid-response there is no way to switch to an error; just close.
         if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        response, body = self._render(HttpResponse(status, _error_body(reason), headers=headers),
+        response, body = self._render(HttpResponse(status, error_body(status, reason),
+                                                   headers=headers),
                                       close=True)
         await self._send(response, h11.Data(data=body), h11.EndOfMessage())
         await self._linger()
@@ -515,7 +622,7 @@ async def _end_websocket(stream: trio.abc.Stream, upgrade: Upgrade, output: wire
         if upgrade.pending:
             if not failed:
                 logger.error("websocket handler for %s neither accepted nor rejected", path)
-            upgrade.reject(500, _error_body("internal server error"))
+            upgrade.reject(500, error_body(500, "internal server error"))
         if upgrade.rejection is not None:
             status, body = upgrade.rejection
             output.write(_response(status, body))
@@ -545,7 +652,7 @@ async def _linger(stream: trio.abc.Stream) -> None:
 
 
 def _canned_response(status: int, reason: str) -> bytes:
-    return _response(status, _error_body(reason) + b"\n")
+    return _response(status, error_body(status, reason))
 
 
 async def _start_tls(

@@ -25,7 +25,7 @@ from typing import Final
 
 import msgspec
 
-from daemon.net.front import HttpRequest, HttpResponse
+from daemon.net.front import HttpRequest, HttpResponse, error_body
 from protocol import limits, local
 from protocol.messages import RoomInfo
 
@@ -204,12 +204,31 @@ def public_rooms(rooms: Iterable[RoomInfo]) -> list[dict[str, object]]:
     return listed
 
 
+def _public_page(request: HttpRequest, listed: list[dict[str, object]]) -> HttpResponse:
+    """A page of the public rooms: ``limit`` (1 to 1000, default all) after ``after``."""
+    after = request.query.get("after") or ""
+    limit_text = request.query.get("limit") or ""
+    limit = int(limit_text) if limit_text.isdigit() else None
+    if limit_text and (limit is None or not 1 <= limit <= limits.MAX_PAGE):
+        body = error_body(400, f"limit must be a whole number, 1 to {limits.MAX_PAGE}")
+        return HttpResponse(400, body, headers=_headers(request, ("Cache-Control", "no-store")))
+    page = [entry for entry in listed if str(entry["name"]) > after]
+    following = None
+    if limit is not None and len(page) > limit:
+        page = page[:limit]
+        following = str(page[-1]["name"])
+    body = _json_encode({"rooms": page, "next": following}) + b"\n"
+    return HttpResponse(200, body, headers=_headers(request, ("Cache-Control", "no-store")))
+
+
 def respond(request: HttpRequest, rooms: Callable[[], Iterable[RoomInfo]]) -> HttpResponse | None:
     """Answer a request for the web page, or return None when the path is not the page's.
 
     ``rooms`` is called (only for the lobby's list) to get every room. Paths owned here:
     ``/`` (the lobby), ``/r/{room}`` (the room page), ``/static/...`` (their files) and
-    ``GET /v1/rooms`` (the public rooms as JSON). Other methods than GET and HEAD get 405;
+    ``GET /v1/rooms`` without a token (the public rooms as JSON, a page at a time with
+    ``after`` and ``limit``; with a token the HTTP API lists rooms). Other methods than GET
+    and HEAD get 405;
     an invalid room name or an unknown static file gets 404.
     """
     path = request.path
@@ -218,11 +237,10 @@ def respond(request: HttpRequest, rooms: Callable[[], Iterable[RoomInfo]]) -> Ht
     if not owned:
         return None
     if request.method not in ("GET", "HEAD"):
-        return HttpResponse(405, b'{"error":"method not allowed"}\n',
+        return HttpResponse(405, error_body(405, "method not allowed"),
                             headers=_headers(request, *_ALLOW))
     if path == PUBLIC_ROOMS_PATH:
-        body = _json_encode({"rooms": public_rooms(rooms())}) + b"\n"
-        return HttpResponse(200, body, headers=_headers(request, ("Cache-Control", "no-store")))
+        return _public_page(request, public_rooms(rooms()))
     if path == "/":
         return _file(request, _STATIC[STATIC_PREFIX + "lobby.html"])
     match = _ROOM_PAGE.match(path)
@@ -237,7 +255,7 @@ def respond(request: HttpRequest, rooms: Callable[[], Iterable[RoomInfo]]) -> Ht
     file = _STATIC.get(path)
     if file is None:
         if path.startswith(STATIC_PREFIX):
-            return HttpResponse(404, b'{"error":"not found"}\n',
+            return HttpResponse(404, error_body(404, "not found"),
                                 headers=_headers(request, ("Cache-Control", "no-cache")))
         return _not_found_page(request, "There is no page here.")
     return _file(request, file)
