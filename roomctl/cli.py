@@ -2,39 +2,80 @@
 
 Output meant for scripts goes to stdout; diagnostics go to stderr. Every connection
 option can also come from a ``ROOMCTL_*`` environment variable.
+
+The command tree is lazy: a command's module (and what it imports: trio, the WebSocket
+client, the daemon for ``serve``, aiortc for ``join``) is imported only when that command
+runs, or when help lists it. ``roomctl --version`` imports Typer and little else.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.main import get_command_from_info, get_group
 
-from roomctl import (
-    __version__,
-    join,
-    loadtest,
-    output,
-    participants,
-    post,
-    rooms,
-    serve,
-    tail,
-    tokens,
-)
-from roomctl.client import ExitCode
-from roomctl.help import PlainTyper
+from roomctl import __version__, output
+from roomctl.errors import ExitCode, report, use_json
+from roomctl.help import Group, PlainTyper
 from roomctl.output import OutputClosed
 
 try:  # Typer 0.22+ vendors Click; older releases use Click itself.
+    from typer._click import Context
     from typer._click import exceptions as click
 except ImportError:  # pragma: no cover
     import click  # type: ignore[no-redef]
+    from click import Context  # type: ignore[assignment]
 
 # Click 8.2+ raises it for a group called without a command; older releases print the help.
 _NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click, "NoArgsIsHelpError", type(
     "_Never", (click.UsageError,), {}))
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, attribute): a command's function, or a Typer group of commands
+    "serve": ("roomctl.serve", "serve_command"),  # (a factory: its options come from Config)
+    "status": ("roomctl.status", "status"),
+    "kick": ("roomctl.rooms", "kick"),
+    "join": ("roomctl.join", "join"),
+    "who": ("roomctl.participants", "who"),
+    "wait": ("roomctl.participants", "wait"),
+    "post": ("roomctl.post", "post"),
+    "tail": ("roomctl.tail", "tail"),
+    "load-test": ("roomctl.loadtest", "load_test"),
+    "room": ("roomctl.rooms", "room_app"),
+    "token": ("roomctl.tokens", "token_app"),
+}
+"""Every command, in the order help lists them."""
+
+
+class LazyGroup(Group):
+    """The root group: builds a command from its module the first time it is asked for."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Any:
+        command = self.commands.get(cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            command = self.commands[cmd_name] = _build(cmd_name)
+        return command
+
+
+def _build(name: str) -> Any:
+    """Import the module of command ``name`` and return its Click command (or group)."""
+    module, attribute = COMMANDS[name]
+    found: Any = getattr(importlib.import_module(module), attribute)
+    if name == "serve":
+        found = found()
+    if isinstance(found, typer.Typer):
+        return get_group(found)
+    single = PlainTyper(context_settings={"help_option_names": ["-h", "--help"]})
+    single.command(name)(found)
+    return get_command_from_info(single.registered_commands[0],
+                                 pretty_exceptions_short=True, rich_markup_mode=None)
+
 
 app = PlainTyper(
     name="roomctl",
@@ -42,8 +83,8 @@ app = PlainTyper(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=LazyGroup,
 )
-
 
 
 def _version(value: bool) -> None:
@@ -62,19 +103,6 @@ def _root(
     """roomctl: rooms for chat and WebRTC calls."""
 
 
-# --- client commands (each in its own module) ---------------------------------------------
-app.command("serve")(serve.serve_command())
-app.add_typer(rooms.room_app)
-app.add_typer(tokens.token_app)
-app.command("kick")(rooms.kick)
-app.command("join")(join.join)
-app.command("who")(participants.who)
-app.command("wait")(participants.wait)
-app.command("post")(post.post)
-app.command("tail")(tail.tail)
-app.command("load-test")(loadtest.load_test)
-
-
 def main() -> None:
     """Console-script entry point: usage errors are one line on stderr and exit 2."""
     try:
@@ -86,10 +114,12 @@ def main() -> None:
     except click.UsageError as exc:
         message = exc.format_message().rstrip(".")
         hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
-        print(f"roomctl: {message}{hint}", file=sys.stderr)
+        use_json("--json" in sys.argv[1:])  # (parsing failed before the command saw it)
+        report(f"{message}{hint}", ExitCode.USAGE)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        print(f"roomctl: {exc.format_message()}", file=sys.stderr)
+        report(exc.format_message(), ExitCode(exc.exit_code) if exc.exit_code in
+               ExitCode._value2member_map_ else ExitCode.REFUSED)
         sys.exit(exc.exit_code)
     except typer.Abort:
         print("roomctl: aborted", file=sys.stderr)

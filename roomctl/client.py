@@ -11,18 +11,14 @@ branches on (see ``ExitCode``); nothing here prints.
 from __future__ import annotations
 
 import collections
-import enum
-import ipaddress
 import itertools
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -32,39 +28,18 @@ from protocol import CORE_EVENTS, Codec, Grant, WireFormat
 from protocol.admin import ADMIN_EVENTS
 from protocol.chat import CHAT_EVENTS
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
-from protocol.local import ADMIN_PATH, ADMIN_TOKEN_FILE, DEFAULT_URL, default_data_dir, room_path
+from protocol.local import ADMIN_PATH, room_path
 from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
+from roomctl.errors import CliError, ExitCode, exception_leaves
 from roomctl.rules import explain_refusal
+from roomctl.target import Credential, Target, is_local
+
+__all__ = ["CliError", "Credential", "ExitCode", "HelloRefused", "Session", "Target",
+           "connect", "open_admin", "open_room", "refused"]
 
 log = logging.getLogger(__name__)
 
 CLIENT_MAX_FRAME = 16 * 1024 * 1024
-
-
-class ExitCode(enum.IntEnum):
-    """The exit codes of every client command; documented in roomctl(1) and stable."""
-
-    OK = 0
-    REFUSED = 1  # the daemon answered with an error (its code is printed)
-    USAGE = 2  # bad command line (Typer/Click's own code)
-    NOT_FOUND = 3  # no such room or participant
-    UNAUTHORIZED = 4  # missing, wrong or under-granted token
-    UNREACHABLE = 5  # no daemon at the URL (connection refused, DNS, TLS failure)
-    TIMEOUT = 6  # --timeout (or wait's --timeout) ran out
-    INTERRUPTED = 130  # wait stopped by a signal; any command stopped by a second one
-    OUTPUT_CLOSED = 141  # stdout's reader went away (128 + SIGPIPE, as coreutils)
-
-
-class CliError(Exception):
-    """A command failed; ``message`` is the one line for stderr, ``exit_code`` the status."""
-
-    def __init__(self, exit_code: ExitCode, message: str, *, code: str | None = None,
-                 grant: str | None = None) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.message = message
-        self.code = code  # the daemon's error code, when it refused
-        self.grant = grant  # the grant the daemon said the token lacks (forbidden)
 
 
 class HelloRefused(CliError):
@@ -107,121 +82,6 @@ def closed(exc: trio_websocket.ConnectionClosed) -> CliError:
     if code == CloseCode.GOING_AWAY:
         text = "the daemon is shutting down"
     return CliError(exit_code, f"connection closed ({code}): {text}")
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Credential:
-    """A token to present, and where it came from."""
-
-    token: str
-    file: Path | None = None  # the admin token file it was read from; None: given explicitly
-
-    @property
-    def implicit(self) -> bool:
-        """Whether it was read from a data directory rather than given (--token, env)."""
-        return self.file is not None
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the daemon is and how to talk to it: the resolved global options."""
-
-    url: str = DEFAULT_URL  # http, https, ws or wss; any path is ignored
-    token: str | None = None  # explicit token (--token / ROOMCTL_TOKEN)
-    data_dir: Path | None = None  # where a local daemon keeps its admin token
-    timeout: float = 10.0  # seconds to connect and to get each reply
-    ca_file: Path | None = None
-    insecure: bool = False
-
-    @property
-    def secure(self) -> bool:
-        return urlsplit(self.url).scheme in ("https", "wss")
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    def ws_url(self, path: str) -> str:
-        """Return the ws:// or wss:// URL of ``path`` on the daemon."""
-        parts = urlsplit(self.url)
-        scheme = "wss" if self.secure else "ws"
-        return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-    def http_url(self, path: str) -> str:
-        """Return the http:// or https:// URL of ``path`` on the daemon."""
-        parts = urlsplit(self.url)
-        scheme = "https" if self.secure else "http"
-        return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-    @property
-    def admin_token_file(self) -> Path:
-        """The file a local daemon keeps its admin token in (under ``data_dir``)."""
-        return (self.data_dir or default_data_dir()) / ADMIN_TOKEN_FILE
-
-    def credential(self) -> Credential | None:
-        """Return the token to present: the explicit one, else a local daemon's admin token.
-
-        The admin token file is read only when the URL names this machine, so a token never
-        leaves it for a remote daemon by accident. Returns None when there is neither.
-        """
-        if self.token:
-            return Credential(self.token)
-        if not _is_local(self.host):
-            return None
-        path = self.admin_token_file
-        try:
-            token = path.read_text().strip()
-        except OSError:
-            return None
-        return Credential(token, file=path.absolute()) if token else None
-
-    def resolved_token(self) -> str | None:
-        """Return the token ``credential`` finds, or None."""
-        credential = self.credential()
-        return credential.token if credential is not None else None
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """Return the context to verify an https/wss daemon with; None for http/ws.
-
-        ``ca_file`` is trusted in addition to the system's CAs. Raises CliError (USAGE) for a
-        CA file that holds no PEM certificate.
-        """
-        if not self.secure:
-            return None
-        try:
-            context = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file is not None else None)
-        except (ssl.SSLError, OSError) as exc:
-            reason = ("no PEM CA certificate in it" if isinstance(exc, ssl.SSLError)
-                      else exc.strerror or str(exc))
-            raise CliError(ExitCode.USAGE, f"--ca-file {self.ca_file}: {reason}") from None
-        if self.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
-
-def validate_url(url: str) -> str:
-    """Return ``url`` if it is an http, https, ws or wss URL with a host; raise ValueError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https", "ws", "wss"):
-        raise ValueError(f"{url!r} is not an http, https, ws or wss URL")
-    if not parts.hostname:
-        raise ValueError(f"{url!r} has no host")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ValueError(f"{url!r} has a bad port") from None
-    return url
 
 
 ReplyT = TypeVar("ReplyT", bound=Reply)
@@ -390,15 +250,6 @@ def _single(group: BaseExceptionGroup[Any]) -> BaseException:
     return group
 
 
-def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
-    """Yield the exceptions inside ``exc``, however deeply nurseries grouped them."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from exception_leaves(inner)
-    else:
-        yield exc
-
-
 def _handshake_text(target: Target, exc: trio_websocket.HandshakeError) -> str:
     if isinstance(exc, trio_websocket.ConnectionRejected):
         body = (exc.body or b"").decode(errors="replace").strip()
@@ -433,9 +284,12 @@ def _describe(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def open_room(target: Target, room: str, *, name: str | None = None,
-                    hidden: bool = False, resume: str | None = None,
+                    hidden: bool = False, subscribe: bool = True, resume: str | None = None,
                     create: bool = False) -> AsyncIterator[Session]:
     """Join ``room`` (as a hidden observer with ``hidden``) and yield the Session.
+
+    ``subscribe=False`` (with ``hidden``) makes a sender: it hears only the answers to its
+    requests, and needs only the grants of what it sends (``post``), not ``read``.
 
     The CLI never creates a room by joining it unless asked (``create``): a typo in a
     script must not make a new, unread room. A missing room is CliError NOT_FOUND.
@@ -446,7 +300,7 @@ async def open_room(target: Target, room: str, *, name: str | None = None,
     """
     credential = target.credential()
     hello = Hello(name=name, token=credential.token if credential is not None else None,
-                  hidden=hidden, resume=resume, create=create)
+                  hidden=hidden, subscribe=subscribe, resume=resume, create=create)
     path = room_path(room)
     entered = False
     try:
@@ -504,7 +358,7 @@ async def open_admin(target: Target) -> AsyncIterator[Session]:
     credential = target.credential()
     if credential is None:
         where = f"--token, ROOMCTL_TOKEN or {target.admin_token_file}" \
-            if _is_local(target.host) else "--token or ROOMCTL_TOKEN"
+            if is_local(target.host) else "--token or ROOMCTL_TOKEN"
         raise CliError(ExitCode.UNAUTHORIZED, f"no admin token: give it with {where}")
     entered = False
     try:

@@ -47,7 +47,7 @@ import typer
 
 from protocol.admin import CreateRoom, CreateToken, DeleteRoom, TokenIssued
 from protocol.chat import MessagePosted, SendMessage
-from protocol.local import room_path
+from protocol.local import DEFAULT_URL, room_path
 from protocol.messages import (
     AddPeer,
     Error,
@@ -64,18 +64,10 @@ from protocol.messages import (
     SessionDescriptionRelayed,
 )
 from roomctl import output
-from roomctl.client import (
-    DEFAULT_URL,
-    CliError,
-    ExitCode,
-    Session,
-    Target,
-    connect,
-    open_admin,
-    validate_url,
-)
+from roomctl.client import CliError, ExitCode, Session, Target, connect, open_admin
 from roomctl.loadstats import Latencies, Stream, Tally
 from roomctl.options import parse_duration, run, until_signalled
+from roomctl.target import validate_url
 
 MAX_CONNECTIONS = 10_000
 MAX_ROOMS = 1_000

@@ -1,10 +1,11 @@
 """The options every client command shares, and the way a command runs.
 
 ``client_command`` adds ``--url``, ``--token``, ``--data-dir``, ``--json``, ``--timeout``,
-``--ca-file`` and ``--insecure`` (each with its ``ROOMCTL_*`` variable) to a command's own
-parameters and hands the command a ``Context`` instead. ``run`` executes a trio coroutine
-and turns ``CliError`` into one line on stderr and its exit code: no command prints a
-traceback for a failure it can name.
+``--ca-file``, ``--insecure`` and ``--profile`` (each with its ``ROOMCTL_*`` variable) to a
+command's own parameters and hands the command a ``Context`` instead, its ``Target``
+resolved: option > variable > profile (``roomctl.profiles``) > default. ``run`` executes a
+trio coroutine and turns ``CliError`` into one line on stderr (a JSON object with
+``--json``) and its exit code: no command prints a traceback for a failure it can name.
 
 Long-running commands (serve, tail, post, wait, join) stop on SIGTERM or SIGINT through
 ``until_signalled`` (or ``run_until_signalled``), the one place that handles signals: the
@@ -23,20 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
-import trio
 import typer
 
 from protocol.limits import DisplayName, RoomName
-from roomctl import rules
-from roomctl.client import (
-    DEFAULT_URL,
-    CliError,
-    ExitCode,
-    Target,
-    exception_leaves,
-    validate_url,
-)
+from protocol.local import DEFAULT_URL
+from roomctl import profiles, rules
+from roomctl.errors import CliError, ExitCode, exception_leaves, report, use_json
 from roomctl.output import OutputClosed
+from roomctl.target import Target, validate_url
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -140,10 +135,20 @@ _GLOBAL_PARAMS = [
             "--insecure", envvar="ROOMCTL_INSECURE", rich_help_panel="Connection",
             help="Do not verify the daemon's TLS certificate (testing only).")]),
     inspect.Parameter(
+        "profile", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[str | None, typer.Option(
+            "--profile", envvar="ROOMCTL_PROFILE", metavar="NAME", rich_help_panel="Connection",
+            show_default="the config file's default",
+            help="A profile of $XDG_CONFIG_HOME/roomctl/config.toml: its url, token and "
+                 "ca_file, under the options and variables given.")]),
+    inspect.Parameter(
         "json_output", inspect.Parameter.KEYWORD_ONLY, default=False,
         annotation=Annotated[bool, typer.Option(
             "--json",
-            help="Machine-readable output: one JSON document (JSON lines for streams).")]),
+            help="Machine-readable output: one JSON document (JSON lines for streams); an "
+                 "error is one JSON object on stderr.")]),
+    inspect.Parameter("click_context", inspect.Parameter.KEYWORD_ONLY,
+                      annotation=typer.Context),
 ]
 _GLOBAL_NAMES = {p.name for p in _GLOBAL_PARAMS}
 
@@ -178,9 +183,11 @@ def client_command(
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> None:
         values = {name: kwargs.pop(name) for name in _GLOBAL_NAMES}
-        target = Target(url=values["url"], token=values["token"], data_dir=values["data_dir"],
-                        timeout=values["timeout"], ca_file=values["ca_file"],
-                        insecure=values["insecure"])
+        use_json(values["json_output"])
+        try:
+            target = resolve_target(values, values.pop("click_context"))
+        except CliError as exc:
+            fail(exc.message, exc.exit_code)
         func(Context(target=target, json=values["json_output"]), **kwargs)
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined,unused-ignore]
@@ -189,9 +196,50 @@ def client_command(
     return wrapper
 
 
-def fail(message: str, exit_code: ExitCode = ExitCode.REFUSED) -> NoReturn:
-    """Print ``roomctl: message`` on stderr and exit with ``exit_code``."""
-    print(f"roomctl: {message}", file=sys.stderr)
+def resolve_target(values: dict[str, Any], click_context: Any) -> Target:
+    """Return the Target the connection options make, a profile's settings included.
+
+    Each setting comes from the first of: its option, its variable, the profile (named by
+    --profile or ROOMCTL_PROFILE, else the config file's default), the built-in default.
+    Raises CliError (USAGE) for a profile that cannot be used.
+    """
+
+    def source(name: str) -> str | None:
+        found = click_context.get_parameter_source(name)
+        if found is None or found.name not in ("COMMANDLINE", "ENVIRONMENT"):
+            return None  # a default
+        return "flag" if found.name == "COMMANDLINE" else "environment"
+
+    chosen = profiles.load(values["profile"])
+    settings: dict[str, Any] = {"timeout": values["timeout"]}
+    for name in ("url", "data_dir", "ca_file", "insecure"):
+        given = values[name]
+        if source(name) is None and chosen is not None and getattr(chosen, name) is not None:
+            given = getattr(chosen, name)
+        settings[name] = given
+    if chosen is not None and source("url") is None and chosen.url is not None:
+        try:
+            validate_url(chosen.url)
+        except ValueError as exc:
+            raise CliError(ExitCode.USAGE, f"profile {chosen.name!r}: url: {exc}") from None
+    if settings["ca_file"] is not None and not Path(settings["ca_file"]).is_file():
+        raise CliError(ExitCode.USAGE, f"profile {chosen.name if chosen else ''!r}: ca_file "
+                                       f"{settings['ca_file']} is not a file")
+    token_source = source("token")
+    if values["token"] and token_source is not None:
+        settings.update(token=values["token"], token_source=token_source)
+    elif chosen is not None and chosen.token is not None:
+        settings.update(token=chosen.token, token_source="profile")
+    elif chosen is not None and chosen.token_file is not None:
+        settings.update(token_file=chosen.token_file, token_source="profile")
+    return Target(profile=chosen.name if chosen is not None else None, **settings)
+
+
+def fail(message: str, exit_code: ExitCode = ExitCode.REFUSED, *,
+         code: str | None = None) -> NoReturn:
+    """Print the error (``roomctl: message``, or a JSON object with --json) and exit with
+    ``exit_code``; ``code`` is the daemon's error code, when it refused."""
+    report(message, exit_code, code=code)
     raise typer.Exit(int(exit_code))
 
 
@@ -202,16 +250,18 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
     (stdout's reader went away) passes through, bare, for the entry point to end quietly.
     """
     try:
+        import trio  # here: a command that runs no coroutine does not load it (start-up)
+
         return trio.run(main)
     except CliError as exc:
-        fail(exc.message, exc.exit_code)
+        fail(exc.message, exc.exit_code, code=exc.code)
     except KeyboardInterrupt:
         fail("interrupted", ExitCode.INTERRUPTED)
     except BaseExceptionGroup as group:
         leaves = list(exception_leaves(group))
         errors = [e for e in leaves if isinstance(e, CliError)]
         if errors:
-            fail(errors[0].message, errors[0].exit_code)
+            fail(errors[0].message, errors[0].exit_code, code=errors[0].code)
         if any(isinstance(e, OutputClosed) for e in leaves):
             raise OutputClosed from None
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
@@ -242,6 +292,8 @@ async def until_signalled(main: Callable[[], Awaitable[T]],
     closes a channel, sets a flag. A second signal means the user will not wait for the
     graceful stop: the process ends at once with status 130. Raises what ``main`` raises.
     """
+    import trio
+
     with trio.open_signal_receiver(*stop_signals()) as signals:
         try:
             async with trio.open_nursery() as nursery:
@@ -288,6 +340,8 @@ def run_until_signalled(main: Callable[[], Awaitable[T]]) -> T | Stopped:
     """Like ``run``, but the first SIGTERM or SIGINT cancels ``main``: return Stopped then."""
 
     async def stoppable() -> T | Stopped:
+        import trio
+
         scope = trio.CancelScope()
         received: list[signal.Signals] = []
 

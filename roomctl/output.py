@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 import msgspec
-import trio
 
 _json = msgspec.json.Encoder()
 
@@ -49,6 +48,8 @@ async def watch_closed() -> None:
     write, which in a quiet room may never come, and the pipeline would never end. Only a
     pipe can lose its reader; a terminal or file never does.
     """
+    import trio  # here: printing a result needs no event loop (start-up time)
+
     fd = sys.stdout.fileno()
     if not stat.S_ISFIFO(os.fstat(fd).st_mode):
         await trio.sleep_forever()

@@ -1,11 +1,13 @@
-"""``roomctl post``: post messages as a hidden observer, and exit 0 only once all are stored.
+"""``roomctl post``: post messages as a sender, and exit 0 only once all are stored.
 
-The daemon acknowledges a message (``ok`` with its ``seq``) only after it is committed to
-disk, so an exit status of 0 means every message is stored. Messages are pipelined (up to
-``WINDOW`` unacknowledged at once) and posted in order. With ``--lines`` a dropped connection
-is retried with backoff; the messages not yet acknowledged are sent again, in order. (A
-message whose acknowledgement was lost in the drop may then be stored twice: the protocol has
-no idempotency key yet.)
+A sender (a hidden hello with ``subscribe: false``) is never listed and hears nothing but
+the answers to its posts, so a token with the ``post`` grant alone is enough. The daemon
+acknowledges a message (``ok`` with its ``seq``) only after it is committed to disk, so an
+exit status of 0 means every message is stored. Messages are pipelined (up to ``WINDOW``
+unacknowledged at once) and posted in order. With ``--lines`` a dropped connection is
+retried with backoff; the messages not yet acknowledged are sent again, in order, with the
+idempotency key each had the first time (one per run and line), so a message whose
+acknowledgement was lost in the drop is answered with its first seq, never stored twice.
 
 Every message is known by its line number in the input, so that whatever is not posted (a
 line over the limit, one the daemon refused, the lines still queued when an outage made
@@ -21,6 +23,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import secrets
 import signal
 import sys
 from typing import Annotated
@@ -32,7 +35,8 @@ from protocol.chat import SendMessage
 from protocol.limits import MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
 from protocol.messages import Error, Ok
 from roomctl import output
-from roomctl.client import CliError, ExitCode, Session, open_room, refused
+from roomctl.client import Session, open_room, refused
+from roomctl.errors import CliError, ExitCode, json_errors, report
 from roomctl.options import (
     Context,
     check_name,
@@ -67,6 +71,8 @@ class _Outbox:
     """Messages not yet acknowledged, in input order, and what became of the others."""
 
     def __init__(self, as_json: bool, lines: bool) -> None:
+        # Idempotency keys are this run's and the message's number: a resend has the same.
+        self.run = secrets.token_urlsafe(12)
         self.unacked: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.sent: set[int] = set()  # sent at least once: may be stored though unanswered
         self.retry: list[tuple[int, float]] = []  # (key, seconds): refused as rate-limited
@@ -98,14 +104,22 @@ class _Outbox:
         self.refusals.pop(key, None)
         if isinstance(reply, Error):
             error = refused(reply)
-            print(f"roomctl: {f'line {key}: ' if self.lines else ''}{error.message}",
-                  file=sys.stderr)
+            if self.lines:
+                report(f"line {key}: {error.message}", error.exit_code, code=error.code,
+                       line=key)
+            else:
+                report(error.message, error.exit_code, code=error.code)
             self.not_posted[key] = error.message
             self.first_error = self.first_error or error
         else:
             self.posted += 1
             if self.as_json:
-                output.emit_json({"seq": reply.seq})
+                document: dict[str, object] = {"seq": reply.seq}
+                if reply.at is not None:
+                    document["at"] = output.iso(reply.at)
+                if self.lines:
+                    document["line"] = key
+                output.emit_json(document)
         self._wake()
 
     def _wake(self) -> None:
@@ -115,7 +129,8 @@ class _Outbox:
     async def send(self, session: Session, key: int) -> None:
         self.in_flight.add(key)
         self.sent.add(key)
-        await session.send(SendMessage(ref=f"m{key}", text=self.unacked[key]))
+        await session.send(SendMessage(ref=f"m{key}", text=self.unacked[key],
+                                       key=f"{self.run}:{key}"))
 
     def reconnected(self) -> None:
         """A new connection: nothing is in flight on it; every unacknowledged goes again."""
@@ -203,7 +218,8 @@ async def _post_all(ctx: Context, room: str, name: str,
     backoff = 0.1
     while True:
         try:
-            async with open_room(ctx.target, room, name=name, hidden=True) as session, \
+            async with open_room(ctx.target, room, name=name, hidden=True,
+                                 subscribe=False) as session, \
                     trio.open_nursery() as nursery:
                 outage_started, backoff = None, 0.1
                 window = _window(session)
@@ -325,8 +341,8 @@ class _Stdin:
         if not line.strip():
             return None
         if len(line) > MAX_MESSAGE_TEXT:
-            print(f"roomctl: line {number}: {len(line)} characters is {OVER_LIMIT}; "
-                  "not posted", file=sys.stderr)
+            report(f"line {number}: {len(line)} characters is {OVER_LIMIT}; not posted",
+                   ExitCode.REFUSED, code="too-large", line=number)
             self.too_long.append(number)
             return None
         return line
@@ -432,7 +448,7 @@ def post(
         if len(message.encode()) > MAX_FRAME_BYTES - 256:
             fail("the message is too large for one frame", ExitCode.REFUSED)
         run(lambda: _post_one(ctx, room, name, message, outbox))
-    if lines and outbox.not_posted:
+    if lines and outbox.not_posted and not json_errors():  # (JSON: one object a line)
         print(f"roomctl: {_summary(outbox.not_posted)}", file=sys.stderr)
     if outbox.first_error is not None:
         raise typer.Exit(int(outbox.first_error.exit_code))

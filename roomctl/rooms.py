@@ -1,7 +1,8 @@
 """``roomctl room ...`` and ``roomctl kick``: room management over the admin endpoint.
 
 The topic and the pins belong to the chat app, so ``topic``, ``pin`` and ``unpin`` speak to
-the room itself as a hidden observer (they never appear in the participant list).
+the room itself as a sender (hidden, hearing only its answers), which needs the ``post``
+grant alone.
 """
 
 from __future__ import annotations
@@ -230,8 +231,8 @@ def delete(
         output.emit_json({"deleted": name})
 
 
-async def _as_observer(ctx: Context, room: str, request: Any) -> None:
-    async with open_room(ctx.target, room, hidden=True) as session:
+async def _as_sender(ctx: Context, room: str, request: Any) -> None:
+    async with open_room(ctx.target, room, hidden=True, subscribe=False) as session:
         await session.request(msgspec.structs.replace(request, ref=session.next_ref()))
 
 
@@ -243,7 +244,7 @@ def topic(
         metavar="TEXT", callback=check_topic, help="The new topic; \"\" clears it.")],
 ) -> None:
     """Set a chat room's topic."""
-    run(lambda: _as_observer(ctx, name, SetTopic(topic=text)))
+    run(lambda: _as_sender(ctx, name, SetTopic(topic=text)))
     if ctx.json:
         output.emit_json({"room": name, "topic": text})
 
@@ -255,7 +256,7 @@ SeqArg = Annotated[int, typer.Argument(min=1, metavar="SEQ", help="The message's
 @client_command
 def pin(ctx: Context, name: RoomArg, seq: SeqArg) -> None:
     """Pin a message of a chat room by its sequence number."""
-    run(lambda: _as_observer(ctx, name, Pin(seq=seq)))
+    run(lambda: _as_sender(ctx, name, Pin(seq=seq)))
     if ctx.json:
         output.emit_json({"room": name, "pinned": seq})
 
@@ -264,7 +265,7 @@ def pin(ctx: Context, name: RoomArg, seq: SeqArg) -> None:
 @client_command
 def unpin(ctx: Context, name: RoomArg, seq: SeqArg) -> None:
     """Unpin a message of a chat room."""
-    run(lambda: _as_observer(ctx, name, Unpin(seq=seq)))
+    run(lambda: _as_sender(ctx, name, Unpin(seq=seq)))
     if ctx.json:
         output.emit_json({"room": name, "unpinned": seq})
 

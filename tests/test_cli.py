@@ -391,7 +391,10 @@ async def test_wait_succeeds_when_enough_join_and_times_out_with_code_6(
     async with participant(sp, "ops", "alice"):
         # A script reading --json gets a document on timeout too, with the count reached.
         as_json = await roomctl(sp, "wait", "ops", "-p", "2", "--timeout", "1s", "--json")
-    assert as_json.rc == 6 and "1 of 2" in one_error_line(as_json)
+    # ...and the error as one JSON object on stderr.
+    error = json.loads(as_json.err)["error"]
+    assert as_json.rc == 6 and error["code"] == "timeout" and error["exit"] == 6
+    assert "1 of 2" in error["message"]
     assert as_json.json() == {"room": "ops", "participants": 1, "wanted": 2,
                               "timed_out": True, "interrupted": False}
 
@@ -472,7 +475,8 @@ async def test_room_create_says_when_the_room_takes_other_than_max_participants(
             assert one_error_line(big) == \
                 f"roomctl: room 'big' takes at most {effective} participants, not 500"
     else:
-        assert "Expected" not in one_error_line(big)
+        error = json.loads(big.err)["error"]  # (--json: the error as one JSON object)
+        assert error["code"] == "bad-request" and "Expected" not in error["message"]
 
 
 async def test_exit_3_for_a_room_that_does_not_exist(daemon_process: ServeProcess) -> None:
@@ -693,10 +697,12 @@ async def test_wait_as_a_background_job_stops_on_sigterm_unfulfilled(
         await until_connected(proc, sp)
         assert await still_running_after(proc, signal.SIGINT)
         stopped = await finished(proc, signal.SIGTERM)
-    # The wait did not succeed (status 130), and says so in one line and in its document.
+    # The wait did not succeed (status 130), and says so in its error (one JSON object
+    # with --json) and in its document.
     assert stopped.rc == 130
-    assert one_error_line(stopped) == \
-        "roomctl: SIGTERM: stopped waiting with 0 of 5 participants"
+    assert json.loads(stopped.err) == {"error": {
+        "code": "interrupted", "message": "SIGTERM: stopped waiting with 0 of 5 participants",
+        "exit": 130}}
     assert stopped.json() == {"room": "ops", "participants": 0, "wanted": 5,
                               "timed_out": False, "interrupted": True}
 
