@@ -13,7 +13,6 @@ import hmac
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jwt
 
@@ -21,12 +20,8 @@ from daemon.config import write_secret_file
 from daemon.core.access import ADMIN, ALL_GRANTS, ANONYMOUS, Access
 from protocol import Grant
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.jointoken import ALGORITHM, AUDIENCE, ISSUER, LEEWAY, claims, secret_of
 from protocol.local import JOIN_SECRET_FILE
-
-ISSUER = "roomctl"
-AUDIENCE = "roomctl-room"
-ALGORITHM = "HS256"
-LEEWAY = 5.0  # seconds of clock skew tolerated on expiry
 
 
 def same_secret(given: str, expected: str) -> bool:
@@ -44,15 +39,9 @@ class Authority:
     def issue(self, *, room: str, identity: str, name: str | None, grants: list[Grant],
               ttl: float, now: float) -> tuple[str, float]:
         """Return a signed join token and its expiry (Unix seconds)."""
-        issued = now
-        expires = issued + ttl
-        claims: dict[str, Any] = {
-            "iss": ISSUER, "aud": AUDIENCE, "room": room, "sub": identity,
-            "grants": sorted(set(grants)), "iat": int(issued), "exp": int(expires) + 1,
-        }
-        if name is not None:
-            claims["name"] = name
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM), float(int(expires) + 1)
+        claimed = claims(room=room, identity=identity, name=name, grants=grants, ttl=ttl,
+                         now=now)
+        return jwt.encode(claimed, self._secret, algorithm=ALGORITHM), float(claimed["exp"])
 
     def check(self, token: str | None) -> Access:
         """Return the Access a hello's token proves: anonymous, admin, or a join token.
@@ -65,7 +54,7 @@ class Authority:
         if same_secret(token, self._admin_token()):
             return ADMIN
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=AUDIENCE,
+            decoded = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=AUDIENCE,
                                 issuer=ISSUER, leeway=LEEWAY,
                                 options={"require": ["exp", "sub", "room", "grants"]})
         except jwt.ExpiredSignatureError:
@@ -79,13 +68,13 @@ class Authority:
             # Neither the admin token nor a join token of ours; PyJWT's own wording ("Not
             # enough segments") means nothing to whoever reads this.
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "not a valid token") from None
-        grants = claims["grants"]
-        room, identity, name = claims["room"], claims["sub"], claims.get("name")
+        grants = decoded["grants"]
+        room, identity, name = decoded["room"], decoded["sub"], decoded.get("name")
         if not (isinstance(grants, list) and all(g in ALL_GRANTS for g in grants)
                 and isinstance(room, str) and isinstance(identity, str)
                 and (name is None or (isinstance(name, str) and 0 < len(name) <= 64))):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "not a valid token (bad claims)")
-        expires = claims["exp"]
+        expires = decoded["exp"]
         return Access(grants=frozenset(Grant(g) for g in grants), room=room, identity=identity,
                       name=name, expires_at=float(expires) if isinstance(expires, int | float)
                       else None)
@@ -102,12 +91,4 @@ def ensure_join_secret(data_dir: Path) -> bytes:
         secret = secrets.token_hex(32)
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_secret_file(path, secret + "\n")
-    return bytes.fromhex(secret) if _is_hex(secret) else secret.encode()
-
-
-def _is_hex(text: str) -> bool:
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        return False
-    return len(text) >= 32
+    return secret_of(secret)

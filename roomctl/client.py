@@ -30,9 +30,9 @@ from protocol.chat import CHAT_EVENTS
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.local import ADMIN_PATH, room_path
 from protocol.messages import Error, Event, Hello, Ok, Reply, Request, Welcome
-from roomctl.errors import CliError, ExitCode, exception_leaves
+from roomctl.errors import CliError, ExitCode, exception_leaves, exit_for_code
 from roomctl.rules import explain_refusal
-from roomctl.target import Credential, Target, is_local
+from roomctl.target import Credential, Target, admin_token_refused, no_admin_token
 
 __all__ = ["CliError", "Credential", "ExitCode", "HelloRefused", "Session", "Target",
            "connect", "open_admin", "open_room", "refused"]
@@ -45,12 +45,6 @@ CLIENT_MAX_FRAME = 16 * 1024 * 1024
 class HelloRefused(CliError):
     """The daemon refused a connection's hello (its token, or entry to the room)."""
 
-
-_EXIT_FOR_ERROR: dict[str, ExitCode] = {
-    ErrorCode.NOT_FOUND: ExitCode.NOT_FOUND,
-    ErrorCode.UNAUTHORIZED: ExitCode.UNAUTHORIZED,
-    ErrorCode.FORBIDDEN: ExitCode.UNAUTHORIZED,
-}
 
 _EXIT_FOR_CLOSE: dict[int, ExitCode] = {
     CloseCode.UNAUTHORIZED: ExitCode.UNAUTHORIZED,
@@ -65,7 +59,7 @@ def refused(error: Error, request: Request | None = None) -> CliError:
 
     A decoder's wording about a field of ``request`` is put in words (rules.explain_refusal).
     """
-    exit_code = _EXIT_FOR_ERROR.get(str(error.code), ExitCode.REFUSED)
+    exit_code = exit_for_code(str(error.code))
     message = error.message
     if request is not None and error.code == ErrorCode.BAD_REQUEST:
         message = explain_refusal(message, request)
@@ -330,15 +324,9 @@ def _refuses_token(credential: Credential, exc: CliError) -> bool:
 def _token_refused(target: Target, credential: Credential, exc: CliError, *,
                    also: CliError | None = None) -> CliError:
     """Return the error for an admin token from a data directory that the daemon refused."""
-    reason = exc.message.removeprefix(f"{exc.code}: ")
-    then = ""
-    if also is not None:
-        then = f", and without it: {also.message.removeprefix(f'{also.code}: ')}"
-    return CliError(
-        ExitCode.UNAUTHORIZED,
-        f"the daemon at {target.url} refused the admin token in {credential.file} "
-        f"({reason}){then}; give --data-dir that daemon's data directory, or a token with "
-        "--token", code=exc.code)
+    then = None if also is None else also.message.removeprefix(f"{also.code}: ")
+    return admin_token_refused(target, credential, exc.message.removeprefix(f"{exc.code}: "),
+                               code=exc.code, also=then)
 
 
 def _with_hint(exc: HelloRefused, hidden: bool) -> CliError:
@@ -357,9 +345,7 @@ async def open_admin(target: Target) -> AsyncIterator[Session]:
     """
     credential = target.credential()
     if credential is None:
-        where = f"--token, ROOMCTL_TOKEN or {target.admin_token_file}" \
-            if is_local(target.host) else "--token or ROOMCTL_TOKEN"
-        raise CliError(ExitCode.UNAUTHORIZED, f"no admin token: give it with {where}")
+        raise no_admin_token(target)
     entered = False
     try:
         async with connect(target, ADMIN_PATH, Hello(token=credential.token)) as session:

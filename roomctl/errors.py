@@ -42,6 +42,18 @@ CODE_FOR_EXIT: dict[ExitCode, str] = {
 }
 
 
+_EXIT_FOR_CODE: dict[str, ExitCode] = {
+    "not-found": ExitCode.NOT_FOUND,
+    "unauthorized": ExitCode.UNAUTHORIZED,
+    "forbidden": ExitCode.UNAUTHORIZED,
+}
+
+
+def exit_for_code(code: str) -> ExitCode:
+    """Return the exit code of a refusal with the daemon's error ``code``."""
+    return _EXIT_FOR_CODE.get(code, ExitCode.REFUSED)
+
+
 class CliError(Exception):
     """A command failed; ``message`` is the one line for stderr, ``exit_code`` the status."""
 

@@ -1,24 +1,28 @@
-"""``roomctl room ...`` and ``roomctl kick``: room management over the admin endpoint.
+"""``roomctl room ...`` and ``roomctl kick``: room management.
 
-The topic and the pins belong to the chat app, so ``topic``, ``pin`` and ``unpin`` speak to
-the room itself as a sender (hidden, hearing only its answers), which needs the ``post``
-grant alone.
+Management is one or two calls of the HTTP API (``roomctl.httpclient``), which the daemon
+serves on its admin endpoint: no event loop and no WebSocket client to start. The topic
+and the pins belong to the chat app, so ``topic``, ``pin`` and ``unpin`` speak to the room
+itself as a sender (hidden, hearing only its answers), which needs the ``post`` grant
+alone.
 """
 
 from __future__ import annotations
 
 import sys
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import msgspec
 import typer
 
-from protocol.admin import CreateRoom, DeleteRoom, GetRoom, Kick, ListRooms, RoomDetails, RoomList
+from protocol import http as api
 from protocol.chat import ChatParticipantMeta, ChatRoomMeta, Pin, SetTopic, Unpin
-from protocol.limits import MaxParticipants, TopicText
+from protocol.limits import MAX_PAGE, MaxParticipants, TopicText
+from protocol.local import ROOMS_PATH, room_path
 from protocol.messages import Participant, RoomInfo
-from roomctl import output
-from roomctl.client import CliError, ExitCode, open_admin, open_room
+from roomctl import httpclient, output
+from roomctl.errors import CliError, ExitCode
 from roomctl.help import PlainTyper
 from roomctl.options import Context, check, check_room, client_command, fail, run
 
@@ -87,7 +91,7 @@ def print_participants(participants: list[Participant]) -> None:
     output.table(["ID", "NAME", "STATE", "STATUS", "MEDIA", "SENT", "JOINED"], rows)
 
 
-def _print_room(details: RoomDetails) -> None:
+def _print_room(details: api.RoomView) -> None:
     info = details.room
     meta = chat_meta(info)
     lines = [("name", info.name), ("app", info.app),
@@ -131,21 +135,14 @@ def create(
     if public and private:
         fail("--public and --private exclude each other: a private room is never listed",
              ExitCode.USAGE)
-    meta: dict[str, Any] = {}
+    body: dict[str, Any] = {"name": name, "private": private, "if_missing": if_missing}
     if topic is not None:
-        meta["topic"] = topic
+        body["topic"] = topic
     if max_participants is not None:
-        meta["max_participants"] = max_participants
+        body["max_participants"] = max_participants
     if public:
-        meta["public"] = True
-
-    async def main() -> RoomDetails:
-        async with open_admin(ctx.target) as session:
-            return await session.request(
-                CreateRoom(ref=session.next_ref(), room=name, meta=meta or None,
-                           if_missing=if_missing, private=private), RoomDetails)
-
-    details = run(main)
+        body["public"] = True
+    details = _view(_admin(ctx, "POST", ROOMS_PATH, body, explain=api.NewRoom))
     note = participants_note(max_participants, details.room)
     if note is not None:
         print(f"roomctl: {note}", file=sys.stderr)
@@ -171,12 +168,15 @@ def participants_note(asked: int | None, info: RoomInfo) -> str | None:
 def list_rooms(ctx: Context) -> None:
     """List the rooms: a table, or a JSON array with --json."""
 
-    async def main() -> RoomList:
-        async with open_admin(ctx.target) as session:
-            return await session.request(
-                ListRooms(ref=session.next_ref()), RoomList)
-
-    rooms = sorted(run(main).rooms, key=lambda r: r.name)
+    rooms: list[RoomInfo] = []
+    after = ""
+    while True:  # a page at a time, by name
+        page = msgspec.convert(_admin(ctx, "GET", f"{ROOMS_PATH}?limit={MAX_PAGE}{after}"),
+                               api.RoomPage)
+        rooms += page.rooms
+        if page.next is None:
+            break
+        after = f"&after={page.next}"
     if ctx.json:
         output.emit_json([room_json(r) for r in rooms])
         return
@@ -193,12 +193,7 @@ def list_rooms(ctx: Context) -> None:
 def show(ctx: Context, name: RoomArg) -> None:
     """Show one room and its participants."""
 
-    async def main() -> RoomDetails:
-        async with open_admin(ctx.target) as session:
-            return await session.request(
-                GetRoom(ref=session.next_ref(), room=name), RoomDetails)
-
-    details = run(main)
+    details = _view(_admin(ctx, "GET", room_path(name)))
     if ctx.json:
         document = room_json(details.room)
         document["members"] = [participant_json(p) for p in details.participants]
@@ -222,16 +217,27 @@ def delete(
         if not typer.confirm(f"Delete room {name!r} and all its messages?", err=True):
             fail("not deleted", ExitCode.REFUSED)
 
-    async def main() -> None:
-        async with open_admin(ctx.target) as session:
-            await session.request(DeleteRoom(ref=session.next_ref(), room=name))
-
-    run(main)
+    _admin(ctx, "DELETE", room_path(name))
     if ctx.json:
         output.emit_json({"deleted": name})
 
 
+def _admin(ctx: Context, method: str, path: str, body: Any = None,
+           explain: type | None = None) -> Any:
+    """One call of the HTTP API with the admin token; a refusal ends the command."""
+    try:
+        return httpclient.admin(ctx.target, method, path, body, explain)
+    except CliError as exc:
+        fail(exc.message, exc.exit_code, code=exc.code)
+
+
+def _view(body: Any) -> api.RoomView:
+    return msgspec.convert(body, api.RoomView)
+
+
 async def _as_sender(ctx: Context, room: str, request: Any) -> None:
+    from roomctl.client import open_room  # (the WebSocket client, for these three only)
+
     async with open_room(ctx.target, room, hidden=True, subscribe=False) as session:
         await session.request(msgspec.structs.replace(request, ref=session.next_ref()))
 
@@ -279,16 +285,12 @@ def kick(
 ) -> None:
     """Remove a participant from a room at once (admin); its connection is closed."""
 
-    async def main() -> str:
-        async with open_admin(ctx.target) as session:
-            details: RoomDetails = await session.request(
-                GetRoom(ref=session.next_ref(), room=room), RoomDetails)
-            participant_id = _resolve(details.participants, participant)
-            await session.request(Kick(ref=session.next_ref(), room=room,
-                                       participant_id=participant_id))
-            return participant_id
-
-    kicked = run(main)
+    details = _view(_admin(ctx, "GET", room_path(room)))
+    try:
+        kicked = _resolve(details.participants, participant)
+    except CliError as exc:
+        fail(exc.message, exc.exit_code)
+    _admin(ctx, "DELETE", f"{room_path(room)}/participants/{quote(kicked, safe='')}")
     if ctx.json:
         output.emit_json({"room": room, "kicked": kicked})
 

@@ -76,7 +76,7 @@ def problem(constrained: Any, value: Any, what: str) -> str | None:
 _AT_FIELD = re.compile(r"Expected .* - at `\$\.(?P<field>[A-Za-z_]+)`")
 
 
-def explain_refusal(message: str, request: msgspec.Struct) -> str:
+def explain_refusal(message: str, request: msgspec.Struct | type) -> str:
     """Return a daemon's refusal of ``request`` in words, if it is a decoder's message.
 
     A message like "invalid frame: Expected `int` <= 10000 - at `$.max_participants`"
@@ -87,7 +87,7 @@ def explain_refusal(message: str, request: msgspec.Struct) -> str:
     if match is None:
         return message
     field = match["field"]
-    for struct in (type(request), ChatRoomMeta):
+    for struct in (request if isinstance(request, type) else type(request), ChatRoomMeta):
         hint = get_type_hints(struct, include_extras=True).get(field)
         if hint is None:
             continue

@@ -159,3 +159,22 @@ def _read_token_file(path: Path, profile: str | None) -> str:
     if not token:
         raise CliError(ExitCode.UNAUTHORIZED, f"{where}the token file {path} is empty")
     return token
+
+
+def no_admin_token(target: Target) -> CliError:
+    """The error of a command that needs the admin token and has none."""
+    where = f"--token, ROOMCTL_TOKEN or {target.admin_token_file}" \
+        if is_local(target.host) else "--token or ROOMCTL_TOKEN"
+    return CliError(ExitCode.UNAUTHORIZED, f"no admin token: give it with {where}")
+
+
+def admin_token_refused(target: Target, credential: Credential, reason: str, *,
+                        code: str | None, also: str | None = None) -> CliError:
+    """The error for an admin token read from a data directory that the daemon refused:
+    probably another daemon's (``also``: why the retry without it was refused too)."""
+    then = "" if also is None else f", and without it: {also}"
+    return CliError(
+        ExitCode.UNAUTHORIZED,
+        f"the daemon at {target.url} refused the admin token in {credential.file} "
+        f"({reason}){then}; give --data-dir that daemon's data directory, or a token with "
+        "--token", code=code)

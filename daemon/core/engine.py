@@ -500,8 +500,7 @@ class Engine:
                 raise MissingGrant(Grant.JOIN, "the token does not grant join")
         elif subscribe and Grant.READ not in grants \
                 and not (Grant.JOIN in grants and Grant.HIDDEN in grants):
-            raise MissingGrant(Grant.READ, "the token does not grant read (watching a room "
-                                           "unseen needs read)")
+            raise MissingGrant(Grant.READ, "the token does not grant read")
         if Grant.JOIN in grants and Grant.READ not in grants:
             grants = grants | {Grant.READ}
         return grants
