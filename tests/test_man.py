@@ -379,7 +379,12 @@ def _documented_options(section: str) -> set[str]:
     return {opt for item in _cli_items(section) for opt in _options_in(item.tag)}
 
 
-SERVE = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+def _children(group: Any) -> dict[str, Any]:
+    """A group's commands by name (the root group builds each from its module on demand)."""
+    return {name: group.get_command(None, name) for name in group.list_commands(None)}
+
+
+SERVE = _children(typer.main.get_command(app))["serve"]
 
 
 def test_the_help_parser_sees_every_option_typer_defines() -> None:
@@ -422,8 +427,8 @@ def _commands(group: Any = None, path: tuple[str, ...] = ()) -> dict[tuple[str, 
     """Every leaf command of the CLI by its path: ("room", "create") -> click command."""
     group = group if group is not None else typer.main.get_command(app)
     found: dict[tuple[str, ...], Any] = {}
-    for name, command in getattr(group, "commands", {}).items():
-        if getattr(command, "commands", None) is not None:
+    for name, command in (_children(group) if hasattr(group, "list_commands") else {}).items():
+        if hasattr(command, "list_commands"):
             found.update(_commands(command, (*path, name)))
         else:
             found[(*path, name)] = command
@@ -517,7 +522,7 @@ def test_help_in_a_real_pipe_reads_whole(path: tuple[str, ...]) -> None:
 def _group(path: tuple[str, ...]) -> Any:
     group = typer.main.get_command(app)
     for name in path:
-        group = group.commands[name]  # type: ignore[attr-defined]
+        group = _children(group)[name]
     return group
 
 
