@@ -38,6 +38,7 @@ import coredis
 import trio
 
 from daemon.cluster.links import (
+    AdminCall,
     AnyMessage,
     Deliver,
     Frames,
@@ -50,17 +51,27 @@ from daemon.cluster.nodes import Nodes
 from daemon.cluster.ownership import Ownership
 from daemon.cluster.redis import UNREACHABLE
 from daemon.cluster.remote import TRY_AGAIN_LATER, RemoteTransport
-from daemon.cluster.store import RedisWriter
+from daemon.cluster.setup import sync_admin_token
+from daemon.cluster.store import RedisWriter, Unreachable
+from daemon.config import Config
+from daemon.core.access import Access
 from daemon.core.effects import Effect
 from daemon.core.engine import Engine
+from daemon.net import wire
 from daemon.net.transport import Closed, Transport
-from protocol import CloseCode, WireFormat
+from protocol import Codec, ErrorCode, Event, Request, WireFormat
+from protocol import admin as adm
+from protocol.errors import CloseCode
+from protocol.messages import Error, RoomInfo
 
 log = logging.getLogger(__name__)
 
 _NO_ANSWER: tuple[type[BaseException], ...] = (trio.TooSlowError, *UNREACHABLE)
 MOVED = (CloseCode.ROOM_MOVED, "the room moved to another node: reconnect and resume")
 IDLE_UNLOAD = 30.0  # seconds a room without sessions stays loaded before it is let go
+# Admin requests on one room: they run where the room is.
+_ROOM_ADMIN = (adm.CreateRoom, adm.GetRoom, adm.Kick, adm.DeleteRoom)
+_REFRESH_FAILURES: tuple[type[BaseException], ...] = (*_NO_ANSWER, Unreachable)
 
 
 class Host(Protocol):
@@ -68,6 +79,10 @@ class Host(Protocol):
 
     engine: Engine
     nursery: trio.Nursery
+    admin_codecs: dict[WireFormat, Codec]
+
+    def admin_call(self, transport: Transport, fmt: WireFormat, token: str | None,
+                   data: str | bytes) -> None: ...
 
     def now(self) -> float: ...
 
@@ -92,9 +107,10 @@ class ClusterNode:
     """This daemon's part in a cluster (see the module docstring)."""
 
     def __init__(self, host: Host, redis: coredis.Redis[bytes], writer: RedisWriter,
-                 ownership: Ownership, nodes: Nodes, *, outbound_queue: int = 2048,
-                 lease_wait: float = 12.0) -> None:
+                 ownership: Ownership, nodes: Nodes, *, config: Config,
+                 outbound_queue: int = 2048, lease_wait: float = 12.0) -> None:
         self.host = host
+        self.config = config
         self.redis = redis
         self.writer = writer
         self.ownership = ownership
@@ -110,6 +126,9 @@ class ClusterNode:
         self._loading: dict[str, trio.Event] = {}  # rooms being loaded from Redis
         self._idle_since: dict[str, float] = {}
         self.forwarded_total = 0
+        # Admin requests forwarded to a room's owner: cid -> where the reply goes.
+        self._admin_waiting: dict[int, tuple[Transport, trio.Event]] = {}
+        self.listing: list[RoomInfo] = []  # every room of the cluster, refreshed often
 
     # --- running -------------------------------------------------------------------------------
 
@@ -121,6 +140,7 @@ class ClusterNode:
             await nursery.start(self.links.run)
             nursery.start_soon(self._watch_owners)
             nursery.start_soon(self._unload_idle)
+            nursery.start_soon(self._refresh)
             task_status.started()
 
     @property
@@ -272,11 +292,84 @@ class ClusterNode:
                             extra={"event": "node-gone", "node": dead})
                 self._on_broken(dead)
 
+    # --- the admin endpoint across nodes --------------------------------------------------------
+
+    async def admin_request(self, transport: Transport, fmt: WireFormat, frame: Request,
+                            token: str | None, access: Access) -> bool:
+        """Answer an admin request that needs the cluster; return False for one this
+        node's engine answers (its room is here, or it needs no room).
+
+        list-rooms lists the cluster's rooms; a request on a room another node owns runs
+        there, and its reply comes back to ``transport``.
+        """
+        if isinstance(frame, adm.ListRooms):
+            rooms = await self._list(fresh=True)
+            visible = [r for r in rooms if access.is_admin or r.name == access.room]
+            self._write(transport, fmt, adm.RoomList(ref=frame.ref, rooms=visible))
+            return True
+        room = getattr(frame, "room", None)
+        if not isinstance(frame, _ROOM_ADMIN) or not isinstance(room, str):
+            return False
+        try:
+            owner = await self.place(room)
+        except _NO_ANSWER:
+            owner = ""
+        if owner is None:
+            return False
+        if owner == "":
+            self._write(transport, fmt, Error(ref=frame.ref, code=ErrorCode.UNAVAILABLE,
+                                              message="the room's node cannot be reached; "
+                                                      "retry", retry_after=1.0))
+            return True
+        cid = next(self._cids)
+        answered = trio.Event()
+        self._admin_waiting[cid] = (transport, answered)
+        data = self.host.admin_codecs[fmt].encode(frame)
+        self.links.send(owner, AdminCall(cid=cid, token=token, format=fmt.value,
+                                         data=data if fmt.binary else data.decode()))
+        try:
+            with trio.move_on_after(10):
+                await answered.wait()
+        finally:
+            del self._admin_waiting[cid]
+        if not answered.is_set():
+            self._write(transport, fmt, Error(ref=frame.ref, code=ErrorCode.UNAVAILABLE,
+                                              message=f"node {owner} did not answer; retry",
+                                              retry_after=1.0))
+        return True
+
+    def _write(self, transport: Transport, fmt: WireFormat, frame: Event) -> None:
+        data = self.host.admin_codecs[fmt].encode(frame)
+        transport.out.write(wire.frame(data, binary=fmt.binary))
+
+    async def _list(self, *, fresh: bool) -> list[RoomInfo]:
+        if fresh or not self.listing:
+            engine = self.host.engine
+            rooms = [engine.stored_room_info(record, count)
+                     for record, count in await self.writer.list_rooms()]
+            self.listing = [room for room in rooms if room is not None]
+        return self.listing
+
+    async def _refresh(self) -> None:
+        """Keep ``listing`` (the lobby, health) and the admin token current."""
+        while True:
+            try:
+                await self._list(fresh=True)
+                await sync_admin_token(self.redis, self.config)
+            except _REFRESH_FAILURES:
+                pass
+            await trio.sleep(2.0)
+
     # --- the links' messages ---------------------------------------------------------------------
 
     def _on_message(self, sender: str, message: AnyMessage) -> None:
         if isinstance(message, Deliver):
             for cid in message.cids:
+                waiting = self._admin_waiting.get(cid)
+                if waiting is not None:
+                    waiting[0].out.write(message.data)
+                    waiting[1].set()
+                    continue
                 client = self.edge.get(cid)
                 if client is None:
                     continue
@@ -302,6 +395,13 @@ class ClusterNode:
             remote = self.remote.get((sender, message.cid))
             if remote is not None:
                 remote.gone(message.code)
+        elif isinstance(message, AdminCall):
+            try:
+                fmt = WireFormat(message.format)
+            except ValueError:
+                return
+            self.host.admin_call(RemoteTransport(self.links, sender, message.cid), fmt,
+                                 message.token, message.data)
 
     def _open_remote(self, edge: str, message: Open) -> None:
         if message.kind != "room" or self.ownership.owner_of(message.room) is None:

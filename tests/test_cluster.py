@@ -1,0 +1,207 @@
+"""Several nodes, one set of rooms: three real ``roomctl serve --redis`` and one real Redis.
+
+Every test runs real daemons (subprocesses) on a real redis-server (``tests/redis_util``,
+``appendonly yes``, ``appendfsync always``) with real WebSocket clients and the real CLI.
+Which node owns a room is decided by who comes first: a client on node A that opens a
+room nobody owns makes A its owner; clients on other nodes are then forwarded to A.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from tests.cluster_util import Cluster, Node, admin, client, eventually, history, running_cluster
+from tests.conftest import ROOT, WAIT
+
+pytestmark = pytest.mark.timeout(300)
+
+GRACE = "3"
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, "a", "b", "c", args=("--grace", GRACE)) as nodes:
+        yield nodes
+
+
+def roomctl(node: Node, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {"ROOMCTL_URL": node.http, "ROOMCTL_DATA_DIR": str(node.data_dir),
+           "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "roomctl", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+
+def health(node: Node) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(node.http + "/healthz", timeout=WAIT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def owner_of(cluster: Cluster, room: str) -> str:
+    value = cluster.redis.cli("GET", f"{{r:{room}}}:lease")
+    return value.rpartition(" ")[0]
+
+
+# --- the same rooms everywhere ----------------------------------------------------------------
+
+
+async def test_a_post_on_one_node_is_read_on_the_others(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    created = roomctl(a, "room", "create", "ops", "--topic", "deploys")
+    assert created.returncode == 0, created.stderr
+    posted = roomctl(a, "post", "ops", "deploy started")
+    assert posted.returncode == 0, posted.stderr
+    for node in (b, c):
+        tail = roomctl(node, "tail", "ops", "--no-follow", "--json")
+        assert tail.returncode == 0, tail.stderr
+        [line] = [json.loads(line) for line in tail.stdout.splitlines()]
+        assert (line["seq"], line["text"]) == (1, "deploy started")
+    # Topic, the room list and a participant are the same seen from any node.
+    async with client(b, "ops") as bob:
+        welcome = await bob.hello("bob")
+        assert welcome["room"]["meta"]["topic"] == "deploys"
+        shown = json.loads(roomctl(c, "room", "show", "ops", "--json").stdout)
+        assert [m["name"] for m in shown["members"]] == ["bob"]
+        listed = json.loads(roomctl(b, "room", "list", "--json").stdout)
+        assert [(r["name"], r["last_seq"]) for r in listed] == [("ops", 1)]
+    assert await owner_of(cluster, "ops") == "a"
+
+
+async def test_posters_on_three_nodes_make_one_log_without_gaps_or_duplicates(
+        cluster: Cluster) -> None:
+    per_node, acked = 120, {}
+    async with client(cluster.nodes["a"], "busy") as first:
+        await first.hello("first")  # a owns the room; b and c forward to it
+
+        async def poster(name: str) -> None:
+            node = cluster.nodes[name]
+            async with client(node, "busy") as ws:
+                welcome = await ws.hello(name, token=node.admin_token)  # no rate limit
+                assert welcome["type"] == "welcome"
+                for i in range(per_node):
+                    text = f"{name}-{i}"
+                    reply = await ws.request({"type": "send-message", "text": text,
+                                              "key": text})
+                    assert reply["type"] == "ok", reply
+                    acked[text] = reply["seq"]
+
+        async with trio.open_nursery() as nursery:
+            for name in "abc":
+                nursery.start_soon(poster, name)
+    log = await history(cluster.nodes["b"], "busy")
+    assert [m["seq"] for m in log] == list(range(1, 3 * per_node + 1))
+    assert {m["text"]: m["seq"] for m in log} == acked
+    for name in "abc":  # each poster's messages in the order it sent them
+        mine = [int(m["text"].split("-")[1]) for m in log if m["text"].startswith(name)]
+        assert mine == list(range(per_node))
+
+
+async def test_a_client_dropped_on_one_node_resumes_its_session_on_another(
+        cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    async with client(a, "call") as host:
+        await host.hello("host")
+        async with client(c, "call") as bob:
+            await bob.hello("bob")
+            with trio.fail_after(WAIT):
+                async with client(b, "call") as alice:
+                    welcome = await alice.hello("alice")
+                    session, token = welcome["session_id"], welcome["resume_token"]
+                    await bob.recv_type("participant-joined")
+                    await alice.ws.aclose(code=4500)  # a network cut, as far as she knows
+            live = await bob.recv_type("participant-updated")
+            assert (live["participant"]["id"], live["participant"]["live"]) == (session, False)
+            async with client(c, "call") as again:
+                resumed = await again.hello(None, resume=token)
+                assert resumed["type"] == "welcome", resumed
+                assert (resumed["session_id"], resumed["resumed"]) == (session, True)
+                back = await bob.recv_type("participant-updated", "participant-left",
+                                           "participant-joined")
+                assert back["type"] == "participant-updated" and back["participant"]["live"]
+                await bob.no_frame(0.5)
+
+
+async def test_a_grace_period_runs_out_on_the_owner_whoever_dropped(cluster: Cluster) -> None:
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    async with client(a, "brief") as owner_side:
+        await owner_side.hello("first")
+        async with client(c, "brief") as watcher:
+            await watcher.hello("watcher")
+            async with client(b, "brief") as leaver:
+                session = (await leaver.hello("leaver"))["session_id"]
+            with trio.fail_after(float(GRACE) + 5):
+                left = await watcher.recv_type("participant-left")
+            assert (left["participant_id"], left["reason"]) == (session, "timeout")
+
+
+# --- when Redis is away -----------------------------------------------------------------------
+
+
+async def test_redis_unreachable_is_an_error_and_healthz_says_so_until_it_returns(
+        cluster: Cluster) -> None:
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    async with client(a, "ops") as poster:
+        await poster.hello("poster", token=a.admin_token)
+        assert (await poster.request({"type": "send-message", "text": "one"}))["seq"] == 1
+        cluster.redis.stop()
+        reply = await poster.request({"type": "send-message", "text": "two", "key": "k2"},
+                                     timeout=15)
+        assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+        assert reply["retry_after"] > 0
+        status, body = await eventually(lambda: _degraded(b))
+        assert status == 503 and body["redis"] == "unreachable"
+        cluster.redis.start()
+        await eventually(lambda: _healthy(b))
+    # Clients come back (the room may have moved while Redis was away) and post again.
+    async with client(b, "ops") as later:
+        await later.hello("later", token=b.admin_token)
+        reply = await later.request({"type": "send-message", "text": "two", "key": "k2"})
+        assert reply["type"] == "ok", reply
+    log = await history(a, "ops")
+    assert [(m["seq"], m["text"]) for m in log] == [(1, "one"), (2, "two")]
+
+
+async def _degraded(node: Node) -> tuple[int, dict[str, Any]] | None:
+    status, body = health(node)
+    return (status, body) if status == 503 else None
+
+
+async def _healthy(node: Node) -> bool:
+    return health(node)[0] == 200
+
+
+def test_a_redis_that_does_not_fsync_every_write_stops_serve(tmp_path: pathlib.Path) -> None:
+    from tests.redis_util import running_redis
+
+    with running_redis(tmp_path / "lax", "--appendfsync", "everysec") as lax:
+        out = subprocess.run(
+            [sys.executable, "-m", "roomctl", "serve", "--port", "0", "--data-dir",
+             str(tmp_path / "d"), "--redis", lax.url],
+            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 1
+        [line] = out.stderr.strip().splitlines()[-1:]
+        assert line.startswith("roomctl serve: ") and "appendfsync everysec" in line
+        relaxed = subprocess.Popen(
+            [sys.executable, "-m", "roomctl", "serve", "--port", "0", "--data-dir",
+             str(tmp_path / "d"), "--redis", lax.url, "--redis-durability", "relaxed"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        try:
+            assert relaxed.stdout is not None
+            assert relaxed.stdout.readline().startswith("listening on ")
+        finally:
+            relaxed.send_signal(signal.SIGTERM)
+            relaxed.wait(timeout=30)
+
