@@ -194,13 +194,17 @@ def test_a_redis_that_does_not_fsync_every_write_stops_serve(tmp_path: pathlib.P
         assert out.returncode == 1
         [line] = out.stderr.strip().splitlines()[-1:]
         assert line.startswith("roomctl serve: ") and "appendfsync everysec" in line
+        errors = (tmp_path / "relaxed.log").open("w")
         relaxed = subprocess.Popen(
             [sys.executable, "-m", "roomctl", "serve", "--port", "0", "--data-dir",
              str(tmp_path / "d"), "--redis", lax.url, "--redis-durability", "relaxed"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=errors, text=True, cwd=ROOT)
+        errors.close()
         try:
             assert relaxed.stdout is not None
-            assert relaxed.stdout.readline().startswith("listening on ")
+            first = relaxed.stdout.readline()
+            assert first.startswith("listening on "), \
+                (first, (tmp_path / "relaxed.log").read_text())
         finally:
             relaxed.send_signal(signal.SIGTERM)
             relaxed.wait(timeout=30)
