@@ -204,6 +204,10 @@ class Config:
                                help="This node's name in the cluster; unique and stable "
                                     "across restarts.",
                                show_default="HOSTNAME-PORT")
+    redis_lease: float = _set(5.0, metavar="SECONDS", minimum=0.5, maximum=60,
+                              help="How long a node may go silent (dead, paused, cut off) "
+                                   "before another takes over its rooms; its clients "
+                                   "resume within about that much.")
     redis_durability: str = _set("strict", metavar="strict|relaxed",
                                  help="strict: refuse a Redis that does not fsync every "
                                       "write (appendonly yes, appendfsync always); relaxed: "

@@ -970,7 +970,8 @@ async def _serve(
                 node = daemon.cluster = ClusterNode(daemon, cluster.redis, cluster.writer,
                                                     cluster.ownership, cluster.nodes,
                                                     outbound_queue=config.outbound_queue,
-                                                    config=config)
+                                                    config=config,
+                                                    lease_wait=2 * config.redis_lease + 1)
                 cluster.writer.on_fenced = node.fenced
                 daemon.engine.track_sessions = True
                 await handlers.start(node.run)

@@ -156,3 +156,98 @@ async def eventually(check: Any, timeout: float = 15.0, every: float = 0.1) -> A
             if result:
                 return result
             await trio.sleep(every)
+
+
+@dataclass
+class Poster:
+    """Posts ``count`` messages to ``room`` through whichever of ``nodes`` answers, as a
+    careful client does: every message has an idempotency key, a dropped connection
+    (4014 room moved, 1006, 1011...) is reconnected, and what was not acknowledged is
+    sent again with its key. ``acked`` maps each text to the seq its ok gave."""
+
+    nodes: list[Node]
+    room: str
+    name: str
+    count: int
+    window: int = 8
+    acked: dict[str, int] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)  # error codes seen
+    reconnects: int = 0
+    progressed: trio.Event = field(default_factory=trio.Event)
+
+    def texts(self) -> list[str]:
+        return [f"{self.name}-{i}" for i in range(self.count)]
+
+    async def run(self, deadline: float = 120.0) -> None:
+        with trio.fail_after(deadline):
+            attempt = 0
+            while len(self.acked) < self.count:
+                node = self.nodes[attempt % len(self.nodes)]
+                attempt += 1
+                try:
+                    await self._session(node)
+                except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError,
+                        OSError):
+                    self.reconnects += 1
+                    await trio.sleep(0.2)
+
+    async def _session(self, node: Node) -> None:
+        async with trio_websocket.open_websocket_url(
+                f"{node.url}/v1/rooms/{self.room}", connect_timeout=WAIT,
+                disconnect_timeout=1) as ws:
+            await ws.send_message(_json({"type": "hello", "ref": "h", "name": self.name,
+                                         "token": node.admin_token}))
+            while True:
+                welcome = _parse(await ws.get_message())
+                if welcome.get("ref") == "h":
+                    break
+            if welcome["type"] != "welcome":
+                self.refusals[welcome.get("code", "?")] = \
+                    self.refusals.get(welcome.get("code", "?"), 0) + 1
+                await trio.sleep(0.2)
+                return
+            pending = [t for t in self.texts() if t not in self.acked]
+            in_flight: set[str] = set()
+            while pending or in_flight:
+                while pending and len(in_flight) < self.window:
+                    text = pending.pop(0)
+                    in_flight.add(text)
+                    await ws.send_message(_json({"type": "send-message", "text": text,
+                                                 "key": text, "ref": text}))
+                reply = _parse(await ws.get_message())
+                ref = reply.get("ref")
+                if ref not in in_flight:
+                    continue
+                in_flight.discard(ref)
+                if reply["type"] == "ok":
+                    self.acked[ref] = reply["seq"]
+                    self.progressed.set()
+                else:
+                    self.refusals[reply["code"]] = self.refusals.get(reply["code"], 0) + 1
+                    pending.insert(0, ref)
+                    await trio.sleep(reply.get("retry_after") or 0.1)
+
+
+def _json(frame: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(frame)
+
+
+def _parse(data: str | bytes) -> dict[str, Any]:
+    import json
+
+    frame: dict[str, Any] = json.loads(data)
+    return frame
+
+
+def check_log(log: list[dict[str, Any]], posters: list[Poster]) -> None:
+    """The log holds seqs 1..N without a gap, each message once, and every acknowledged
+    message at the seq its ok gave."""
+    assert [m["seq"] for m in log] == list(range(1, len(log) + 1))
+    texts = [m["text"] for m in log]
+    assert len(texts) == len(set(texts)), "a message was stored twice"
+    stored = {m["text"]: m["seq"] for m in log}
+    for poster in posters:
+        for text, seq in poster.acked.items():
+            assert stored.get(text) == seq, (text, seq, stored.get(text))

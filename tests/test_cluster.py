@@ -20,8 +20,18 @@ from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
-from tests.cluster_util import Cluster, Node, admin, client, eventually, history, running_cluster
+from tests.cluster_util import (
+    Cluster,
+    Node,
+    Poster,
+    check_log,
+    client,
+    eventually,
+    history,
+    running_cluster,
+)
 from tests.conftest import ROOT, WAIT
 
 pytestmark = pytest.mark.timeout(300)
@@ -209,3 +219,105 @@ def test_a_redis_that_does_not_fsync_every_write_stops_serve(tmp_path: pathlib.P
             relaxed.send_signal(signal.SIGTERM)
             relaxed.wait(timeout=30)
 
+
+
+# --- nodes that die, pause, or lose Redis --------------------------------------------------------
+
+FAST = ("--grace", "10", "--redis-lease", "1")  # a dead owner's rooms move within ~1 s
+
+
+@pytest.fixture
+def fast_cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, "a", "b", "c", args=FAST) as nodes:
+        yield nodes
+
+
+async def test_kill_9_of_the_owner_during_a_post_storm_loses_nothing_acknowledged(
+        fast_cluster: Cluster) -> None:
+    cluster = fast_cluster
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    async with client(a, "storm") as first:
+        await first.hello("first")  # a owns the room
+    posters = [Poster([b, c], "storm", "p1", 300), Poster([c, b], "storm", "p2", 300)]
+    async with trio.open_nursery() as nursery:
+        for poster in posters:
+            nursery.start_soon(poster.run)
+        with trio.fail_after(30):
+            while sum(len(p.acked) for p in posters) < 100:
+                await trio.sleep(0.01)
+        cluster.kill("a")  # SIGKILL, mid-storm
+    assert all(len(p.acked) == p.count for p in posters)
+    assert await owner_of(cluster, "storm") in ("b", "c")
+    check_log(await history(b, "storm"), posters)
+    assert sum(p.reconnects for p in posters) >= 1  # the storm did go through the move
+
+
+async def test_a_paused_owner_is_fenced_and_writes_nothing_when_it_wakes(
+        fast_cluster: Cluster) -> None:
+    cluster = fast_cluster
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    async with client(a, "pause") as sleeper:
+        await sleeper.hello("sleeper", token=a.admin_token)
+        assert (await sleeper.request({"type": "send-message", "text": "before"}))["seq"] == 1
+        cluster.kill("a", signal.SIGSTOP)
+        try:
+            # While a sleeps past its lease, b takes the room over and it goes on.
+            poster = Poster([b], "pause", "b", 20)
+            await poster.run(deadline=30)
+            assert await owner_of(cluster, "pause") == "b"
+        finally:
+            cluster.kill("a", signal.SIGCONT)
+        # a wakes up still holding its client: what that client sends is not stored.
+        with trio.fail_after(15):
+            try:
+                reply = await sleeper.request({"type": "send-message", "text": "stale"})
+                assert reply["type"] == "error", reply
+            except trio_websocket.ConnectionClosed as closed:
+                assert closed.reason is not None and closed.reason.code == 4014
+    log = await history(b, "pause")
+    assert "stale" not in [m["text"] for m in log]
+    check_log(log, [poster])
+    assert log[0]["text"] == "before" and len(log) == 21
+
+
+async def test_a_redis_restart_during_traffic_loses_nothing_and_tails_come_back(
+        fast_cluster: Cluster) -> None:
+    cluster = fast_cluster
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    async with client(a, "flow") as first:
+        await first.hello("first")
+    seen: list[int] = []
+    poster = Poster([b, c], "flow", "p", 200)
+
+    async def tail_on_c() -> None:  # a live reader on another node, reconnecting by seq
+        while len(seen) < poster.count:
+            try:
+                async with client(c, "flow") as reader:
+                    welcome = await reader.hello(None, hidden=True, token=c.admin_token)
+                    if welcome["type"] != "welcome":
+                        await trio.sleep(0.2)
+                        continue
+                    page = await reader.request({"type": "get-messages",
+                                                 "after": max(seen, default=0), "limit": 1000})
+                    last = max(seen, default=0)
+                    seen.extend(m["seq"] for m in page["messages"] if m["seq"] > last)
+                    while len(seen) < poster.count:
+                        frame = await reader.recv(timeout=30)
+                        if frame["type"] == "message-posted" and \
+                                frame["message"]["seq"] > max(seen, default=0):
+                            seen.append(frame["message"]["seq"])
+            except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError,
+                    trio.TooSlowError):  # a client that hears nothing reconnects
+                await trio.sleep(0.2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poster.run, 120.0)
+        nursery.start_soon(tail_on_c)
+        with trio.fail_after(30):
+            while len(poster.acked) < 60:
+                await trio.sleep(0.01)
+        cluster.redis.stop()
+        await trio.sleep(1.5)
+        cluster.redis.start()
+    check_log(await history(b, "flow"), [poster])
+    assert seen == list(range(1, poster.count + 1))  # the reader missed nothing, twice nothing

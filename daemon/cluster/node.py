@@ -45,6 +45,7 @@ from daemon.cluster.links import (
     Gone,
     Links,
     Open,
+    Reset,
     Shut,
 )
 from daemon.cluster.nodes import Nodes
@@ -119,7 +120,7 @@ class ClusterNode:
         self.outbound_queue = outbound_queue
         self.lease_wait = lease_wait
         self.links = Links(redis, self.node, on_message=self._on_message,
-                           on_broken=self._on_broken)
+                           on_broken=self._on_broken, on_subscribed=self._on_subscribed)
         self._cids = itertools.count(1)
         self.edge: dict[int, EdgeClient] = {}  # cid -> a client forwarded to its owner
         self.remote: dict[tuple[str, int], RemoteTransport] = {}  # (edge, cid) -> its client
@@ -395,6 +396,8 @@ class ClusterNode:
             remote = self.remote.get((sender, message.cid))
             if remote is not None:
                 remote.gone(message.code)
+        elif isinstance(message, Reset):
+            self._on_broken(sender)
         elif isinstance(message, AdminCall):
             try:
                 fmt = WireFormat(message.format)
@@ -427,14 +430,34 @@ class ClusterNode:
         self.host.nursery.start_soon(serve)
 
     def _on_broken(self, node: str) -> None:
-        """A link to or from ``node`` lost messages, or ``node`` died: close what it carried."""
+        """A link to or from ``node`` lost messages, or ``node`` died: close what it carried
+        (the clients resume, on any node)."""
         for client in list(self.edge.values()):
             if client.owner == node:
                 self._close_edge(client, *MOVED)
-        for (edge, _), remote in list(self.remote.items()):
+        for (edge, cid), remote in list(self.remote.items()):
             if edge == node:
+                self.links.send(edge, Shut(cid=cid, code=MOVED[0], reason=MOVED[1]))
                 remote.gone(1006)
         self.links.forget(node)
+
+    def _on_subscribed(self, first: bool) -> None:
+        """This node's inbox subscription is (back) up: reset every link if it was lost,
+        and ask the other nodes to reset theirs to it (their messages may be lost)."""
+        if not first:
+            log.warning("this node's inbox was cut off: its forwarded clients reconnect",
+                        extra={"event": "links-reset"})
+            for node in {c.owner for c in self.edge.values()} | {e for e, _ in self.remote}:
+                self._on_broken(node)
+        self.host.nursery.start_soon(self._announce_reset)
+
+    async def _announce_reset(self) -> None:
+        try:
+            others = await self.nodes.others()
+        except _NO_ANSWER:
+            return
+        for node in others:
+            self.links.send(node, Reset())
 
     async def _refuse(self, transport: Transport, code: int, reason: str) -> None:
         with trio.CancelScope(shield=True) as scope:

@@ -30,8 +30,6 @@ from protocol.local import ADMIN_TOKEN_FILE, JOIN_SECRET_FILE
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL = 5.0  # seconds a room's owner may go silent before another node may take it
-HEARTBEAT = 1.0  # seconds between a node's heartbeats; it is dead after three missed
 
 
 @dataclass
@@ -79,11 +77,12 @@ async def open_cluster(config: Config, version: str) -> AsyncIterator[ClusterPar
             raise RedisSetupError(f"cannot reach Redis at {describe(url)}: "
                                   f"{exc or type(exc).__name__}") from None
         node = node_id(config)
-        ownership = Ownership(redis, node, ttl=LEASE_TTL)
+        ownership = Ownership(redis, node, ttl=config.redis_lease)
         writer = RedisWriter(redis, owner_of=ownership.owner_of, on_fenced=lambda room: None)
         nodes = Nodes(redis, NodeInfo(node=node, version=version, started_at=time.time(),
                                       address=f"{config.host}:{config.port}"),
-                      interval=HEARTBEAT)
+                      # Three missed heartbeats make a node dead: well within a lease.
+                      interval=config.redis_lease / 5)
         log.info("node %s joined the cluster on %s", node, describe(url),
                  extra={"event": "cluster-joined", "node": node, "redis": describe(url)})
         yield ClusterParts(redis, writer, ownership, nodes)
