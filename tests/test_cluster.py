@@ -367,3 +367,32 @@ async def test_owners_killed_round_after_round_lose_nothing_acknowledged(
 
 async def _more(count: Any, at_least: int) -> bool:
     return bool(await count() >= at_least)
+
+
+# --- calls across nodes -----------------------------------------------------------------------
+
+
+def test_two_joins_on_two_nodes_exchange_video_through_a_room_owned_by_a_third(
+        cluster: Cluster, tmp_path: pathlib.Path) -> None:
+    from tests.join_util import LOOPBACK_ONLY, TEST_MEDIA, Joiner, wait_until
+
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    created = roomctl(c, "room", "create", "video")
+    assert created.returncode == 0, created.stderr
+    assert trio.run(owner_of, cluster, "video") == "c"
+    common = (*TEST_MEDIA, *LOOPBACK_ONLY, "--stats-interval", "1")
+    alice = Joiner(a, "video", "alice", *common, stderr_path=tmp_path / "alice.err")
+    bob = Joiner(b, "video", "bob", *common, stderr_path=tmp_path / "bob.err")
+    try:
+        ids = {"alice": alice.session, "bob": bob.session}
+        for me, other in ((alice, "bob"), (bob, "alice")):
+            me.wait_event("first-frame", peer=ids[other], kind="video")
+            me.wait_event("first-frame", peer=ids[other], kind="audio")
+            wait_until(lambda me=me, other=other: (s := me.last_stats(ids[other])) is not None
+                       and s["video_frames_in"] >= 20, f"{me.name} getting video")
+        assert not alice.of("peer-failed") and not bob.of("peer-failed")
+        assert trio.run(owner_of, cluster, "video") == "c"  # nothing moved: c relayed
+    finally:
+        for joiner in (alice, bob):
+            if joiner.proc.poll() is None:
+                assert joiner.stop() == 0, joiner.stderr()
