@@ -1024,16 +1024,22 @@ async def _serve(
                              extra={"event": "shutdown-begun", "clients": clients})
                     if notifier is not None:
                         notifier.stopping(f"shutting down: closing {clients} connections")
-                await daemon.shutdown()
-                if node is not None:
-                    with trio.move_on_after(config.shutdown_timeout):
-                        await node.leave()
-                handler_scope.cancel()  # timers, queries, idle HTTP keep-alives, keepalive
                 flushed = False
-                with trio.move_on_after(config.shutdown_timeout):
-                    await writer.aclose()
-                    flushed = True
-                writer_scope.cancel()
+                try:
+                    await daemon.shutdown()
+                    if node is not None:
+                        with trio.move_on_after(config.shutdown_timeout):
+                            await node.leave()
+                finally:
+                    # Even if a step above failed: the shielded tasks would otherwise
+                    # keep this nursery, and the process, alive for ever.
+                    handler_scope.cancel()  # timers, queries, idle keep-alives, keepalive
+                    try:
+                        with trio.move_on_after(config.shutdown_timeout):
+                            await writer.aclose()
+                            flushed = True
+                    finally:
+                        writer_scope.cancel()
                 for throttle, what in ((daemon.refusals, "refusal"), (daemon.closes, "close"),
                                        (daemon.visits, "visit")):
                     throttle.flush(what)

@@ -233,6 +233,30 @@ def fast_cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
         yield nodes
 
 
+async def test_sigterm_of_the_owner_hands_its_rooms_over_at_once(cluster: Cluster) -> None:
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    async with client(a, "handover") as first:
+        await first.hello("first")  # a owns the room
+        posted = roomctl(b, "post", "handover", "before")
+        assert posted.returncode == 0, posted.stderr
+    assert await owner_of(cluster, "handover") == "a"
+    cluster.kill("a", signal.SIGTERM)
+    node_a = a.proc
+    assert node_a is not None and node_a.returncode == 0, cluster.log_of("a")[-2000:]
+    # Released, not left to lapse: nobody owns the room, a's heartbeat is gone, the
+    # last batch was written, and Redis was never lost on the way out.
+    assert cluster.redis.cli("EXISTS", "{r:handover}:lease") == "0"
+    assert cluster.redis.cli("EXISTS", "{roomctl}:node:a") == "0"
+    events = [json.loads(line) for line in cluster.log_of("a").splitlines()]
+    stopped = [e for e in events if e.get("event") == "stopped"]
+    assert stopped and stopped[-1]["flushed"] is True
+    assert not [e for e in events if e["level"] in ("warning", "error")], events
+    posted = roomctl(b, "post", "handover", "after")
+    assert posted.returncode == 0, posted.stderr
+    assert [m["text"] for m in await history(b, "handover")] == ["before", "after"]
+    assert await owner_of(cluster, "handover") == "b"
+
+
 async def test_kill_9_of_the_owner_during_a_post_storm_loses_nothing_acknowledged(
         fast_cluster: Cluster) -> None:
     cluster = fast_cluster

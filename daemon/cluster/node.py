@@ -472,7 +472,8 @@ class ClusterNode:
             self._close_edge(client, CloseCode.GOING_AWAY, "the daemon is shutting down")
         with trio.move_on_after(2):
             await self.writer.flush()
-        for room in list(self.ownership.owned):
-            await self.ownership.release(room)
+        async with trio.open_nursery() as releases:
+            for room in list(self.ownership.owned):
+                releases.start_soon(self.ownership.release, room)
         await self.nodes.leave()
 

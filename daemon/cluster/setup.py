@@ -61,31 +61,59 @@ async def open_cluster(config: Config, version: str) -> AsyncIterator[ClusterPar
     assert config.redis is not None
     url = config.redis
     redis = client(url)
-    async with redis:
+    # The client's connections run in tasks of its own; a cancellation of this block
+    # (SIGTERM) would tear them down before the daemon has released its rooms and
+    # written its last batch. So cancelling from outside cancels only ``body``, and the
+    # client closes after the block, whatever ended it.
+    async with _outside_cancellation_cancels() as body, redis:
+        with body:
+            yield await _join(redis, config, version)
+
+
+async def _join(redis: coredis.Redis[bytes], config: Config, version: str) -> ClusterParts:
+    assert config.redis is not None
+    url = config.redis
+    try:
+        with trio.fail_after(10):
+            await redis.ping()
+            await check_durability(redis, url, relaxed=config.redis_durability == "relaxed")
+            await _share_secrets(redis, config)
+    except RedisSetupError:
+        raise
+    except trio.TooSlowError:
+        raise RedisSetupError(f"cannot reach Redis at {describe(url)}: no answer in 10 s"
+                              ) from None
+    except UNREACHABLE as exc:
+        raise RedisSetupError(f"cannot reach Redis at {describe(url)}: "
+                              f"{exc or type(exc).__name__}") from None
+    node = node_id(config)
+    ownership = Ownership(redis, node, ttl=config.redis_lease)
+    writer = RedisWriter(redis, owner_of=ownership.owner_of, on_fenced=lambda room: None)
+    nodes = Nodes(redis, NodeInfo(node=node, version=version, started_at=time.time(),
+                                  address=f"{config.host}:{config.port}"),
+                  # Three missed heartbeats make a node dead: well within a lease.
+                  interval=config.redis_lease / 5)
+    log.info("node %s joined the cluster on %s", node, describe(url),
+             extra={"event": "cluster-joined", "node": node, "redis": describe(url)})
+    return ClusterParts(redis, writer, ownership, nodes)
+
+
+@asynccontextmanager
+async def _outside_cancellation_cancels() -> AsyncIterator[trio.CancelScope]:
+    """Shield the block from cancellation from outside; yield the scope it cancels instead."""
+    scope = trio.CancelScope()
+
+    async def relay() -> None:
         try:
-            with trio.fail_after(10):
-                await redis.ping()
-                await check_durability(redis, url,
-                                       relaxed=config.redis_durability == "relaxed")
-                await _share_secrets(redis, config)
-        except RedisSetupError:
-            raise
-        except trio.TooSlowError:
-            raise RedisSetupError(f"cannot reach Redis at {describe(url)}: no answer in 10 s"
-                                  ) from None
-        except UNREACHABLE as exc:
-            raise RedisSetupError(f"cannot reach Redis at {describe(url)}: "
-                                  f"{exc or type(exc).__name__}") from None
-        node = node_id(config)
-        ownership = Ownership(redis, node, ttl=config.redis_lease)
-        writer = RedisWriter(redis, owner_of=ownership.owner_of, on_fenced=lambda room: None)
-        nodes = Nodes(redis, NodeInfo(node=node, version=version, started_at=time.time(),
-                                      address=f"{config.host}:{config.port}"),
-                      # Three missed heartbeats make a node dead: well within a lease.
-                      interval=config.redis_lease / 5)
-        log.info("node %s joined the cluster on %s", node, describe(url),
-                 extra={"event": "cluster-joined", "node": node, "redis": describe(url)})
-        yield ClusterParts(redis, writer, ownership, nodes)
+            await trio.sleep_forever()
+        finally:
+            scope.cancel()
+
+    async with trio.open_nursery() as guard:
+        guard.start_soon(relay)
+        with trio.CancelScope(shield=True):
+            yield scope
+        guard.cancel_scope.cancel()
 
 
 async def _share_secrets(redis: coredis.Redis[bytes], config: Config) -> None:
