@@ -225,6 +225,13 @@ class Config:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert", "a TLS certificate and key go together: give both "
                                           "or neither")
+        if self.memory and self.redis is not None:
+            raise ConfigError("memory", "rooms are kept in Redis with --redis: give one of "
+                                        "--memory and --redis, not both")
+        if self.redis is not None and not self.redis.startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis", "use redis://HOST:PORT/DB, rediss://... (TLS) or "
+                                       "unix:///path/to/socket")
         if self.redis_durability not in ("strict", "relaxed"):
             raise ConfigError("redis_durability", "must be strict or relaxed")
         if self.node_id is not None and not _NODE_ID.match(self.node_id):
