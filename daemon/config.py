@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import secrets
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +30,8 @@ DB_FILE = "roomctl.db"
 LOCK_FILE = "lock"
 
 log = logging.getLogger(__name__)
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 __all__ = ["ADMIN_TOKEN_FILE", "Config", "ConfigError", "Setting", "settings"]
 
@@ -192,6 +195,24 @@ class Config:
                                  help="Also run the room app this factory makes (a module "
                                       "on the Python path); repeat for several. Installed "
                                       "apps (entry points roomctl.apps) always run.")
+    # Several nodes (daemon.cluster): rooms, logs and sessions in Redis instead of SQLite.
+    redis: str | None = _set(None, metavar="URL", secret=True,
+                             help="Run as one node of a cluster sharing its rooms through "
+                                  "this Redis (redis://HOST:PORT/DB, rediss://..., "
+                                  "unix:///path); without it the rooms live in SQLite.")
+    node_id: str | None = _set(None, metavar="ID",
+                               help="This node's name in the cluster; unique and stable "
+                                    "across restarts.",
+                               show_default="HOSTNAME-PORT")
+    redis_lease: float = _set(5.0, metavar="SECONDS", minimum=0.5, maximum=60,
+                              help="How long a node may go silent (dead, paused, cut off) "
+                                   "before another takes over its rooms; its clients "
+                                   "resume within about that much.")
+    redis_durability: str = _set("strict", metavar="strict|relaxed",
+                                 help="strict: refuse a Redis that does not fsync every "
+                                      "write (appendonly yes, appendfsync always); relaxed: "
+                                      "accept it, and lose what Redis had not fsynced when "
+                                      "it crashes.")
 
     def __post_init__(self) -> None:
         # A str here used to fail deep inside serve(); normalise every path field once.
@@ -204,6 +225,17 @@ class Config:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert", "a TLS certificate and key go together: give both "
                                           "or neither")
+        if self.memory and self.redis is not None:
+            raise ConfigError("memory", "rooms are kept in Redis with --redis: give one of "
+                                        "--memory and --redis, not both")
+        if self.redis is not None and not self.redis.startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis", "use redis://HOST:PORT/DB, rediss://... (TLS) or "
+                                       "unix:///path/to/socket")
+        if self.redis_durability not in ("strict", "relaxed"):
+            raise ConfigError("redis_durability", "must be strict or relaxed")
+        if self.node_id is not None and not _NODE_ID.match(self.node_id):
+            raise ConfigError("node_id", "1-64 letters, digits, '.', '_' or '-'")
         origins: list[str] = []
         for origin in self.allowed_origins:
             try:

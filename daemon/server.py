@@ -75,6 +75,8 @@ import trio
 from daemon import metrics, notify
 from daemon.apps.api import App
 from daemon.apps.chat import ChatApp
+from daemon.cluster.node import ClusterNode
+from daemon.cluster.setup import ClusterParts
 from daemon.config import ADMIN_TOKEN_FILE, AdminTokenFile, Config, lock_data_dir
 from daemon.core.access import Access
 from daemon.core.effects import (
@@ -112,6 +114,7 @@ from daemon.net.origins import origin_allowed
 from daemon.net.ratelimit import RateLimit, RequestLimiter, Verdict
 from daemon.net.transport import Closed, Sink, Transport
 from daemon.store import Store, StoreWriter
+from daemon.store.writer import OrderedWriter
 from daemon.tokens import Authority, ensure_join_secret
 from protocol import (
     CloseCode,
@@ -125,7 +128,7 @@ from protocol import (
 )
 from protocol import admin as adm
 from protocol import http as http_api
-from protocol.messages import ConnectionLimits, Error, Hello, Request
+from protocol.messages import ConnectionLimits, Error, Hello, Request, RoomInfo
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +212,12 @@ class Daemon:
     """The running server: engine, store writer, connections and timers."""
 
     def __init__(self, config: Config, apps: Sequence[App[Any, Any]], nursery: trio.Nursery,
-                 writer: StoreWriter, admin_token: AdminTokenFile) -> None:
+                 writer: OrderedWriter, admin_token: AdminTokenFile) -> None:
         self.config = config
         self.nursery = nursery
         self.writer = writer
+        # Several nodes (daemon.cluster): set by _serve when config.redis is given.
+        self.cluster: ClusterNode | None = None
         self._admin_token = admin_token
         self.authority = Authority(ensure_join_secret(config.data_dir),
                                    admin_token=lambda: self.admin_token)
@@ -316,6 +321,17 @@ class Daemon:
                 self._note(effect)
         if received is not None and sent and not persisted:
             self.histograms["relay_latency_seconds"].observe(trio.current_time() - received)
+        if self.engine.track_sessions:
+            # Several nodes: a session's record follows it to Redis, so that another node
+            # can take the room over with it (not acknowledged data: nobody waits for it).
+            writes = self.engine.session_writes()
+            if writes:
+                self.writer.submit_nowait(writes, self._session_stored)
+
+    @staticmethod
+    def _session_stored(exc: BaseException | None) -> None:
+        if exc is not None:
+            log.debug("a session record was not stored: %s", exc)
 
     def _note(self, fact: Fact) -> None:
         """Log (and count) what the engine reports having done."""
@@ -434,17 +450,24 @@ class Daemon:
         answer = await self.api.respond(request)
         if answer is not None:
             return answer
-        page = web.respond(
-            request, self.engine.room_infos
-        )
+        page = web.respond(request, self.room_infos)
         if page is not None:
             return page
         if request.method not in ("GET", "HEAD"):
             return _error(405, "method not allowed", headers=(("Allow", "GET, HEAD"),))
         if request.path == "/healthz":
-            return _json(200, http_api.Health(status="ok", version=VERSION,
-                                              rooms=self.engine.room_count(),
-                                              connections=len(self.connections)))
+            health = http_api.Health(status="ok", version=VERSION,
+                                     rooms=len(self.room_infos()),
+                                     connections=len(self.connections))
+            if self.cluster is not None:
+                health = msgspec.structs.replace(health, node=self.cluster.node, redis="ok")
+                if not self.cluster.healthy:
+                    # Posts get "unavailable" meanwhile: a balancer should send clients
+                    # elsewhere. The node reconnects by itself when Redis is back.
+                    health = msgspec.structs.replace(health, status="degraded",
+                                                     redis="unreachable")
+                    return _json(503, health, headers=(("Retry-After", "1"),))
+            return _json(200, health)
         if request.path == "/metrics":
             body, content_type = self.metrics.exposition(request.headers.get("accept", ""))
             return HttpResponse(200, body, content_type=content_type)
@@ -471,7 +494,16 @@ class Daemon:
         serves it (``daemon.cluster.node.ClusterNode.serve_client``), so this is where a
         cluster routes it. Returns when the connection has ended.
         """
-        await self.serve_connection(transport, fmt, peer, room=room)
+        if room is not None and self.cluster is not None:
+            await self.cluster.serve_client(transport, fmt, peer, room)
+        else:
+            await self.serve_connection(transport, fmt, peer, room=room)
+
+    def room_infos(self) -> list[RoomInfo]:
+        """Every room, for the lobby and health: this node's, or the cluster's."""
+        if self.cluster is not None:
+            return self.cluster.listing
+        return self.engine.room_infos()
 
     def _gauges(self) -> metrics.Gauges:
         admin = sum(1 for conn in self.connections.values() if conn.is_admin)
@@ -547,7 +579,7 @@ class Daemon:
             return None
         ws = upgrade.accept(fmt.value if offered else None)
         room = None if match is None else unquote(match.group(1))
-        return self.serve_connection(ws, fmt, request.peer, room=room)
+        return self.serve_client(ws, fmt, request.peer, room=room)
 
     async def serve_connection(self, transport: Transport, fmt: WireFormat,
                                peer: tuple[str, int], *, room: str | None) -> None:
@@ -725,7 +757,45 @@ class Daemon:
             frame = await self._receive(conn, codec)
             if conn.limiter is not None and not self._within_rate(conn, conn.limiter, frame):
                 continue
+            if self.cluster is not None and await self.cluster.admin_request(
+                    conn.transport, conn.format, frame, hello.token, access):
+                continue  # answered from the cluster, or by the room's owner
             await self.apply(self.engine.admin(conn.id, frame, self.now()))
+
+    def admin_call(self, transport: Transport, fmt: WireFormat, token: str | None,
+                   data: str | bytes) -> None:
+        """Run one admin request an edge forwarded (several nodes); replies go to
+        ``transport``, the way back to the client.
+
+        The request runs on a connection of its own, welcomed as the edge's was (the token
+        is checked again: the secrets are the cluster's), kept until the store has run
+        what the request persisted, so that a reply sent after a commit still finds it.
+        """
+        self._next_conn += 1
+        conn = Connection(self._next_conn, transport, fmt, ("", 0), self.config.outbound_queue,
+                          is_admin=True)
+        self.connections[conn.id] = conn
+        codec = self.admin_codecs[fmt]
+        try:
+            access = self.authority.check(token)
+            frame = codec.decode(data)
+        except ProtocolError as exc:
+            self.apply_now([Send((conn.id,), Error(ref=codec.ref_of(data), code=exc.code,
+                                                   message=exc.message))])
+        else:
+            welcome = self.engine.admin_hello(conn.id, Hello(token=token), self.now(), access)
+            if self.engine.welcomed(conn.id) and isinstance(frame, Request):
+                self.apply_now(self.engine.admin(conn.id, frame, self.now()))
+            else:  # refused: say why, as the welcome would have been said, to the request
+                self.apply_now([e for e in welcome if not isinstance(e, Close)])
+
+        async def done() -> None:
+            with trio.move_on_after(self.config.shutdown_timeout + 5):
+                await self.writer.flush()
+            self.engine.disconnect(conn.id, self.now())
+            self.connections.pop(conn.id, None)
+
+        self.nursery.start_soon(done)
 
     def _access(self, conn: Connection, hello: Hello) -> Access | None:
         """Return what the hello's token proves; None after refusing a bad token (4001)."""
@@ -862,11 +932,20 @@ async def serve(
         from daemon.net.tls import server_context
 
         tls = server_context(config.tls_cert, config.tls_key)
-    admin_token = AdminTokenFile(config.data_dir)
     lock = None if config.memory else lock_data_dir(config.data_dir)
     try:
-        store = await trio.to_thread.run_sync(Store.open, config.db_path)
-        await _serve(config, apps, store, admin_token, tls, notifier, task_status=task_status)
+        if config.redis is not None:
+            from daemon.cluster.setup import open_cluster
+
+            async with open_cluster(config, VERSION) as cluster:
+                admin_token = AdminTokenFile(config.data_dir)
+                await _serve(config, apps, cluster.writer, admin_token, tls, notifier,
+                             cluster=cluster, task_status=task_status)
+        else:
+            admin_token = AdminTokenFile(config.data_dir)
+            store = await trio.to_thread.run_sync(Store.open, config.db_path)
+            await _serve(config, apps, StoreWriter(store), admin_token, tls, notifier,
+                         task_status=task_status)
     finally:
         if lock is not None:
             lock.close()
@@ -875,14 +954,14 @@ async def serve(
 async def _serve(
     config: Config,
     apps: Sequence[App[Any, Any]],
-    store: Store,
+    writer: OrderedWriter,
     admin_token: AdminTokenFile,
     tls: ssl.SSLContext | None,
     notifier: notify.Notifier | None,
     *,
+    cluster: ClusterParts | None = None,
     task_status: trio.TaskStatus[tuple[str, int]],
 ) -> None:
-    writer = StoreWriter(store)
     # Connections and the store writer must outlive the listener: on cancellation the
     # listener stops at once, clients get a 1001 close handshake (their readers still
     # running), and the last acknowledged writes commit. Both run shielded and are
@@ -913,7 +992,17 @@ async def _serve(
             writer_scope.cancel()
             raise
         listening = False
+        node: ClusterNode | None = None
         try:
+            if cluster is not None:
+                node = daemon.cluster = ClusterNode(daemon, cluster.redis, cluster.writer,
+                                                    cluster.ownership, cluster.nodes,
+                                                    outbound_queue=config.outbound_queue,
+                                                    config=config,
+                                                    lease_wait=2 * config.redis_lease + 1)
+                cluster.writer.on_fenced = node.fenced
+                daemon.engine.track_sessions = True
+                await handlers.start(node.run)
             now = daemon.now()
             stored = await writer.load_rooms(keys_since=now - daemon.engine.key_window)
             daemon.apply_now(daemon.engine.restore(stored, now))
@@ -963,13 +1052,22 @@ async def _serve(
                              extra={"event": "shutdown-begun", "clients": clients})
                     if notifier is not None:
                         notifier.stopping(f"shutting down: closing {clients} connections")
-                await daemon.shutdown()
-                handler_scope.cancel()  # timers, queries, idle HTTP keep-alives, keepalive
                 flushed = False
-                with trio.move_on_after(config.shutdown_timeout):
-                    await writer.aclose()
-                    flushed = True
-                writer_scope.cancel()
+                try:
+                    await daemon.shutdown()
+                    if node is not None:
+                        with trio.move_on_after(config.shutdown_timeout):
+                            await node.leave()
+                finally:
+                    # Even if a step above failed: the shielded tasks would otherwise
+                    # keep this nursery, and the process, alive for ever.
+                    handler_scope.cancel()  # timers, queries, idle keep-alives, keepalive
+                    try:
+                        with trio.move_on_after(config.shutdown_timeout):
+                            await writer.aclose()
+                            flushed = True
+                    finally:
+                        writer_scope.cancel()
                 for throttle, what in ((daemon.refusals, "refusal"), (daemon.closes, "close"),
                                        (daemon.visits, "visit")):
                     throttle.flush(what)
@@ -992,7 +1090,12 @@ async def _log_started(config: Config, address: tuple[str, int], tls: bool) -> N
     except OSError:
         bound = [_address(address)]
     scheme = "https" if tls else "http"
-    store = "in memory" if config.memory else str(config.db_path)
+    if config.redis is not None:
+        from daemon.cluster.redis import describe
+
+        store = f"in Redis at {describe(config.redis)}"
+    else:
+        store = "in memory" if config.memory else str(config.db_path)
     log.info("listening on %s (%s); data directory %s; rooms %s; admin token in %s",
              ", ".join(bound), scheme, config.data_dir, store,
              config.data_dir / ADMIN_TOKEN_FILE,

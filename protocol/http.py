@@ -228,13 +228,16 @@ class RoomAccess(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message: str | None = None
 
 
-class Health(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /healthz``."""
+class Health(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``GET /healthz``: 200 with status ok; 503 with status degraded when a node of
+    several cannot reach Redis (``node`` and ``redis`` come with ``--redis`` only)."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
     version: str
     rooms: int
     connections: int
+    node: str | None = None
+    redis: Literal["ok", "unreachable"] | None = None
 
 
 class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

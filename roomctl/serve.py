@@ -219,7 +219,7 @@ def serve(ctx: typer.Context, **values: Any) -> None:
         return
     configure(logs["log_level"], logs["log_format"].lower(), sys.stderr)
     if rotate:
-        _rotate(config.data_dir)
+        _rotate(config.data_dir, config.redis)
         return
     _run(config)
 
@@ -259,16 +259,41 @@ def effective(config: Config, logs: dict[str, str]) -> dict[str, Any]:
     return {**values, **{name: value.lower() for name, value in logs.items()}}
 
 
-def _rotate(data_dir: Path) -> None:
+def _rotate(data_dir: Path, redis: str | None = None) -> None:
     from daemon.config import rotate_admin_token
 
     try:
-        path = rotate_admin_token(data_dir)
+        if redis is not None:
+            _rotate_in_cluster(data_dir, redis)
+        path = rotate_admin_token(data_dir) if redis is None else data_dir / "admin-token"
     except OSError as exc:
         typer.echo(f"roomctl serve: cannot rotate the admin token in {data_dir}: "
                    f"{exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
-    print(f"new admin token in {path}", flush=True)
+    print(f"new admin token in {path}" + (" and in the cluster's Redis" if redis else ""),
+          flush=True)
+
+
+def _rotate_in_cluster(data_dir: Path, url: str) -> None:
+    """Replace the cluster's admin token (every node takes it within seconds), and this
+    node's copy. Raises OSError when Redis cannot be reached."""
+    import trio
+
+    from daemon.cluster import nodes
+    from daemon.cluster.redis import UNREACHABLE, client, describe
+    from daemon.config import write_secret_file
+
+    async def rotate() -> str:
+        async with client(url) as redis:
+            return await nodes.rotate_admin_token(redis)
+
+    failures: tuple[type[BaseException], ...] = (trio.TooSlowError, *UNREACHABLE)
+    try:
+        token = trio.run(rotate)
+    except failures as exc:
+        raise OSError(f"Redis at {describe(url)}: {exc or type(exc).__name__}") from None
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_secret_file(data_dir / "admin-token", token + "\n")
 
 
 def _run(config: Config) -> None:

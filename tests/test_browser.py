@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import pathlib
 import re
 import signal
 import subprocess
@@ -814,3 +815,30 @@ def test_a_page_and_roomctl_join_decode_each_others_video(
     assert join.returncode == 0, stderr[-3000:]
     expect(alice.person("robot")).to_have_count(0)
     assert alice.errors == []
+
+
+# --- several nodes ----------------------------------------------------------------------------
+
+
+def test_two_pages_on_two_nodes_of_a_cluster_see_each_other_and_chat(
+    contexts: Callable[..., BrowserContext], tmp_path: pathlib.Path
+) -> None:
+    """Two ``roomctl serve --redis`` nodes on one real Redis; alice's page is served by
+    node a, bob's by node b (forwarded to the room's owner): video and chat both ways."""
+    from tests.cluster_util import running_cluster
+
+    with running_cluster(tmp_path, "a", "b") as cluster:
+        a, b = cluster.nodes["a"], cluster.nodes["b"]
+        alice = RoomPage(contexts(), a.http, "nodes", "alice").join()
+        bob = RoomPage(contexts(), b.http, "nodes", "bob").join()
+        expect(alice.person("bob")).to_be_visible()
+        expect(bob.person("alice")).to_be_visible()
+        alice_id, bob_id = _peer_id(bob, "alice"), _peer_id(alice, "bob")
+        alice.assert_video_flows_from(bob_id, "bob")
+        bob.assert_video_flows_from(alice_id, "alice")
+        alice.send("hello from node a")
+        expect_message(bob, "alice", "hello from node a")
+        bob.send("and back from node b")
+        expect_message(alice, "bob", "and back from node b")
+        owner = cluster.redis.cli("GET", "{r:nodes}:lease").rpartition(" ")[0]
+        assert owner == "a"  # alice came first: bob's page went through node b to a

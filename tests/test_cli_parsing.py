@@ -65,6 +65,10 @@ SERVE_REFUSALS = {  # serve's options are checked by daemon.Config: the rule in 
     ("--allowed-origin", "ftp://x"): "--allowed-origin",
     ("--tls-cert", "/nonexistent.pem"): "a TLS certificate and key go together",
     ("--log-level", "loud"): "--log-level",
+    ("--redis", "redis://127.0.0.1:1"): "give one of --memory and --redis, not both",
+    ("--redis-durability", "lax"): "--redis-durability: must be strict or relaxed",
+    ("--redis-lease", "0"): "--redis-lease: must be 0.5 to 60",
+    ("--node-id", "a b"): "--node-id: 1-64 letters",
 }
 
 
@@ -74,6 +78,13 @@ def test_serve_refuses_values_config_refuses_before_starting(args: tuple[str, ..
     line = one_error_line(result)
     assert result.rc == 2 and SERVE_REFUSALS[args] in line, line
     assert result.out == ""  # never got to "listening on"
+
+
+def test_serve_refuses_a_redis_url_of_another_scheme_without_echoing_it() -> None:
+    result = run_cli("serve", "--redis", "http://user:hunter2@example.org")
+    line = one_error_line(result)
+    assert result.rc == 2 and "use redis://HOST:PORT/DB" in line, line
+    assert "hunter2" not in result.out + result.err
 
 
 def test_serve_takes_its_defaults_from_config() -> None:

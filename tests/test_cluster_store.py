@@ -93,7 +93,7 @@ async def test_appends_are_gap_free_and_read_back_by_seq(redis_server: RedisServ
         assert [e.seq for e in before] == [1, 2, 3, 4]
         stored, sessions = await writer.load_room("ops")
         assert stored is not None and stored.last_seq == 50 and sessions == []
-        assert [r.name for r in await writer.list_rooms()] == ["ops"]
+        assert [(r.name, n) for r, n in await writer.list_rooms()] == [("ops", 0)]
 
 
 async def test_an_append_out_of_sequence_is_refused_with_the_last_seq(

@@ -11,7 +11,10 @@ transaction commits, and the store commits in order):
 * of each round's messages, those stored are a prefix of those sent, in order (a message
   sent after one that was lost cannot have been kept).
 
-The seed of the random moments is printed; ``CRASH_SEED=n`` repeats a run.
+The seed of the random moments is printed; ``CRASH_SEED=n`` repeats a run. Together with
+the cluster's rounds (``tests/test_cluster.py``, a room's owner killed while clients post
+through the other nodes) the suite kills 100 daemons this way: ``CRASH_ROUNDS`` and
+``CLUSTER_CRASH_ROUNDS`` change the counts.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import trio_websocket
 
 from tests.conftest import WAIT, ServeProcess
 
-ROUNDS = 6
+ROUNDS = int(os.environ.get("CRASH_ROUNDS", "60"))
 WINDOW = 64  # messages in flight
 TEXT = "x" * 200  # a realistic chat line, so batches hold some bytes
 
@@ -121,7 +124,7 @@ async def test_every_acknowledged_message_survives_sigkill_at_random_moments(
     args = ("--log-level", "warning", "--rate-limit", "0")
     rounds: list[Round] = []
     for number in range(ROUNDS):
-        round_ = Round(number, kill_after=rng.uniform(0.0, 0.6))
+        round_ = Round(number, kill_after=rng.uniform(0.0, 0.3))
         sp = serve_process(*args, data_dir=data_dir)
         await post_until_killed(sp, round_)
         code = await trio.to_thread.run_sync(lambda sp=sp: sp.proc.wait(timeout=WAIT))

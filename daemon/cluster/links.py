@@ -10,13 +10,15 @@ one batch on that node's inbox channel. Redis delivers the publishes of one conn
 order, so a link is ordered as long as nothing is lost.
 
 Loss is what the link sequence number is for: each batch from node A to node B carries
-the next number of the A->B link. A receiver that sees a number skipped, or that lost
-its subscription (Redis restarted: pub/sub keeps nothing), or a sender whose publish
-failed, cannot know which client frames went missing, so it reports the link *broken*
-(``on_broken(node)``): the connections carried by it are closed with the retryable close
-code, and their clients resume their sessions, on any node, with nothing lost that was
-acknowledged. Every ``HEARTBEAT`` seconds each open link sends a batch even when idle,
-so a lost last batch is noticed within that time.
+the next number of the A->B link. A receiver that sees a number skipped, or a sender
+whose publish failed, cannot know which client frames went missing, so it reports the
+link *broken* (``on_broken(node)``): the connections carried by it are closed with the
+retryable close code, and their clients resume their sessions, on any node, with nothing
+lost that was acknowledged. Every ``HEARTBEAT`` seconds each open link sends a batch even
+when idle, so a lost last batch is noticed within that time. A node whose subscription
+was lost (Redis restarted: pub/sub keeps nothing) may have lost anything sent to it, by
+anyone: ``on_subscribed(first=False)`` tells its owner, which resets every link (and
+tells the other nodes, with ``Reset``, to do the same for what they sent).
 
 Bounds: a destination's queue holds at most ``MAX_QUEUED`` messages; past that (Redis
 far slower than the clients) the link is reported broken rather than grown without end.
@@ -94,6 +96,10 @@ class Shut(Message, frozen=True, array_like=True, tag="s"):
     reason: str
 
 
+class Reset(Message, frozen=True, array_like=True, tag="r"):
+    """This node (re)subscribed to its inbox: what was sent to it before may be lost."""
+
+
 class AdminCall(Message, frozen=True, array_like=True, tag="a"):
     """Edge -> owner: one admin request for a room the owner holds; the reply goes to cid."""
 
@@ -103,7 +109,7 @@ class AdminCall(Message, frozen=True, array_like=True, tag="a"):
     data: Any  # str or bytes, as the client sent it
 
 
-AnyMessage: TypeAlias = Open | Frames | Gone | Deliver | Shut | AdminCall
+AnyMessage: TypeAlias = Open | Frames | Gone | Deliver | Shut | AdminCall | Reset
 
 
 class Batch(msgspec.Struct, frozen=True, array_like=True):
@@ -139,11 +145,13 @@ class Links:
 
     def __init__(self, redis: coredis.Redis[bytes], node: str, *,
                  on_message: Callable[[str, AnyMessage], None],
-                 on_broken: Callable[[str], None]) -> None:
+                 on_broken: Callable[[str], None],
+                 on_subscribed: Callable[[bool], None] = lambda first: None) -> None:
         self.node = node
         self._redis = redis
         self._on_message = on_message
         self._on_broken = on_broken
+        self._on_subscribed = on_subscribed
         self._outboxes: dict[str, _Outbox] = {}
         self._expected: dict[str, int] = {}  # sender -> the seq its next batch must have
         self._nursery: trio.Nursery | None = None
@@ -230,6 +238,7 @@ class Links:
                                               ignore_subscribe_messages=True) as pubsub:
                     self.connected = True
                     attempt = 0
+                    self._on_subscribed(not started)
                     if not started:
                         started = True
                         task_status.started()
@@ -241,10 +250,9 @@ class Links:
                 log.warning("subscription to this node's inbox lost (%s); resubscribing",
                             _first(group))
             self.connected = False
-            # Anything published meanwhile is gone: every link into this node is broken.
-            for sender in list(self._expected):
-                self._expected.pop(sender)
-                self._on_broken(sender)
+            # Anything published meanwhile is gone: on_subscribed(False) says so, once the
+            # subscription is back; the links' numbers start over.
+            self._expected.clear()
             await trio.sleep(retry_delay(attempt))
             attempt += 1
 

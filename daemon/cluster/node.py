@@ -38,29 +38,41 @@ import coredis
 import trio
 
 from daemon.cluster.links import (
+    AdminCall,
     AnyMessage,
     Deliver,
     Frames,
     Gone,
     Links,
     Open,
+    Reset,
     Shut,
 )
 from daemon.cluster.nodes import Nodes
 from daemon.cluster.ownership import Ownership
 from daemon.cluster.redis import UNREACHABLE
 from daemon.cluster.remote import TRY_AGAIN_LATER, RemoteTransport
-from daemon.cluster.store import RedisWriter
+from daemon.cluster.setup import sync_admin_token
+from daemon.cluster.store import RedisWriter, Unreachable
+from daemon.config import Config
+from daemon.core.access import Access
 from daemon.core.effects import Effect
 from daemon.core.engine import Engine
+from daemon.net import wire
 from daemon.net.transport import Closed, Transport
-from protocol import CloseCode, WireFormat
+from protocol import Codec, ErrorCode, Event, Request, WireFormat
+from protocol import admin as adm
+from protocol.errors import CloseCode
+from protocol.messages import Error, RoomInfo
 
 log = logging.getLogger(__name__)
 
 _NO_ANSWER: tuple[type[BaseException], ...] = (trio.TooSlowError, *UNREACHABLE)
 MOVED = (CloseCode.ROOM_MOVED, "the room moved to another node: reconnect and resume")
 IDLE_UNLOAD = 30.0  # seconds a room without sessions stays loaded before it is let go
+# Admin requests on one room: they run where the room is.
+_ROOM_ADMIN = (adm.CreateRoom, adm.GetRoom, adm.Kick, adm.DeleteRoom)
+_REFRESH_FAILURES: tuple[type[BaseException], ...] = (*_NO_ANSWER, Unreachable)
 
 
 class Host(Protocol):
@@ -68,6 +80,10 @@ class Host(Protocol):
 
     engine: Engine
     nursery: trio.Nursery
+    admin_codecs: dict[WireFormat, Codec]
+
+    def admin_call(self, transport: Transport, fmt: WireFormat, token: str | None,
+                   data: str | bytes) -> None: ...
 
     def now(self) -> float: ...
 
@@ -92,9 +108,10 @@ class ClusterNode:
     """This daemon's part in a cluster (see the module docstring)."""
 
     def __init__(self, host: Host, redis: coredis.Redis[bytes], writer: RedisWriter,
-                 ownership: Ownership, nodes: Nodes, *, outbound_queue: int = 2048,
-                 lease_wait: float = 12.0) -> None:
+                 ownership: Ownership, nodes: Nodes, *, config: Config,
+                 outbound_queue: int = 2048, lease_wait: float = 12.0) -> None:
         self.host = host
+        self.config = config
         self.redis = redis
         self.writer = writer
         self.ownership = ownership
@@ -103,13 +120,16 @@ class ClusterNode:
         self.outbound_queue = outbound_queue
         self.lease_wait = lease_wait
         self.links = Links(redis, self.node, on_message=self._on_message,
-                           on_broken=self._on_broken)
+                           on_broken=self._on_broken, on_subscribed=self._on_subscribed)
         self._cids = itertools.count(1)
         self.edge: dict[int, EdgeClient] = {}  # cid -> a client forwarded to its owner
         self.remote: dict[tuple[str, int], RemoteTransport] = {}  # (edge, cid) -> its client
         self._loading: dict[str, trio.Event] = {}  # rooms being loaded from Redis
         self._idle_since: dict[str, float] = {}
         self.forwarded_total = 0
+        # Admin requests forwarded to a room's owner: cid -> where the reply goes.
+        self._admin_waiting: dict[int, tuple[Transport, trio.Event]] = {}
+        self.listing: list[RoomInfo] = []  # every room of the cluster, refreshed often
 
     # --- running -------------------------------------------------------------------------------
 
@@ -121,6 +141,7 @@ class ClusterNode:
             await nursery.start(self.links.run)
             nursery.start_soon(self._watch_owners)
             nursery.start_soon(self._unload_idle)
+            nursery.start_soon(self._refresh)
             task_status.started()
 
     @property
@@ -272,11 +293,84 @@ class ClusterNode:
                             extra={"event": "node-gone", "node": dead})
                 self._on_broken(dead)
 
+    # --- the admin endpoint across nodes --------------------------------------------------------
+
+    async def admin_request(self, transport: Transport, fmt: WireFormat, frame: Request,
+                            token: str | None, access: Access) -> bool:
+        """Answer an admin request that needs the cluster; return False for one this
+        node's engine answers (its room is here, or it needs no room).
+
+        list-rooms lists the cluster's rooms; a request on a room another node owns runs
+        there, and its reply comes back to ``transport``.
+        """
+        if isinstance(frame, adm.ListRooms):
+            rooms = await self._list(fresh=True)
+            visible = [r for r in rooms if access.is_admin or r.name == access.room]
+            self._write(transport, fmt, adm.RoomList(ref=frame.ref, rooms=visible))
+            return True
+        room = getattr(frame, "room", None)
+        if not isinstance(frame, _ROOM_ADMIN) or not isinstance(room, str):
+            return False
+        try:
+            owner = await self.place(room)
+        except _NO_ANSWER:
+            owner = ""
+        if owner is None:
+            return False
+        if owner == "":
+            self._write(transport, fmt, Error(ref=frame.ref, code=ErrorCode.UNAVAILABLE,
+                                              message="the room's node cannot be reached; "
+                                                      "retry", retry_after=1.0))
+            return True
+        cid = next(self._cids)
+        answered = trio.Event()
+        self._admin_waiting[cid] = (transport, answered)
+        data = self.host.admin_codecs[fmt].encode(frame)
+        self.links.send(owner, AdminCall(cid=cid, token=token, format=fmt.value,
+                                         data=data if fmt.binary else data.decode()))
+        try:
+            with trio.move_on_after(10):
+                await answered.wait()
+        finally:
+            del self._admin_waiting[cid]
+        if not answered.is_set():
+            self._write(transport, fmt, Error(ref=frame.ref, code=ErrorCode.UNAVAILABLE,
+                                              message=f"node {owner} did not answer; retry",
+                                              retry_after=1.0))
+        return True
+
+    def _write(self, transport: Transport, fmt: WireFormat, frame: Event) -> None:
+        data = self.host.admin_codecs[fmt].encode(frame)
+        transport.out.write(wire.frame(data, binary=fmt.binary))
+
+    async def _list(self, *, fresh: bool) -> list[RoomInfo]:
+        if fresh or not self.listing:
+            engine = self.host.engine
+            rooms = [engine.stored_room_info(record, count)
+                     for record, count in await self.writer.list_rooms()]
+            self.listing = [room for room in rooms if room is not None]
+        return self.listing
+
+    async def _refresh(self) -> None:
+        """Keep ``listing`` (the lobby, health) and the admin token current."""
+        while True:
+            try:
+                await self._list(fresh=True)
+                await sync_admin_token(self.redis, self.config)
+            except _REFRESH_FAILURES:
+                pass
+            await trio.sleep(2.0)
+
     # --- the links' messages ---------------------------------------------------------------------
 
     def _on_message(self, sender: str, message: AnyMessage) -> None:
         if isinstance(message, Deliver):
             for cid in message.cids:
+                waiting = self._admin_waiting.get(cid)
+                if waiting is not None:
+                    waiting[0].out.write(message.data)
+                    waiting[1].set()
+                    continue
                 client = self.edge.get(cid)
                 if client is None:
                     continue
@@ -302,6 +396,15 @@ class ClusterNode:
             remote = self.remote.get((sender, message.cid))
             if remote is not None:
                 remote.gone(message.code)
+        elif isinstance(message, Reset):
+            self._on_broken(sender)
+        elif isinstance(message, AdminCall):
+            try:
+                fmt = WireFormat(message.format)
+            except ValueError:
+                return
+            self.host.admin_call(RemoteTransport(self.links, sender, message.cid), fmt,
+                                 message.token, message.data)
 
     def _open_remote(self, edge: str, message: Open) -> None:
         if message.kind != "room" or self.ownership.owner_of(message.room) is None:
@@ -327,14 +430,34 @@ class ClusterNode:
         self.host.nursery.start_soon(serve)
 
     def _on_broken(self, node: str) -> None:
-        """A link to or from ``node`` lost messages, or ``node`` died: close what it carried."""
+        """A link to or from ``node`` lost messages, or ``node`` died: close what it carried
+        (the clients resume, on any node)."""
         for client in list(self.edge.values()):
             if client.owner == node:
                 self._close_edge(client, *MOVED)
-        for (edge, _), remote in list(self.remote.items()):
+        for (edge, cid), remote in list(self.remote.items()):
             if edge == node:
+                self.links.send(edge, Shut(cid=cid, code=MOVED[0], reason=MOVED[1]))
                 remote.gone(1006)
         self.links.forget(node)
+
+    def _on_subscribed(self, first: bool) -> None:
+        """This node's inbox subscription is (back) up: reset every link if it was lost,
+        and ask the other nodes to reset theirs to it (their messages may be lost)."""
+        if not first:
+            log.warning("this node's inbox was cut off: its forwarded clients reconnect",
+                        extra={"event": "links-reset"})
+            for node in {c.owner for c in self.edge.values()} | {e for e, _ in self.remote}:
+                self._on_broken(node)
+        self.host.nursery.start_soon(self._announce_reset)
+
+    async def _announce_reset(self) -> None:
+        try:
+            others = await self.nodes.others()
+        except _NO_ANSWER:
+            return
+        for node in others:
+            self.links.send(node, Reset())
 
     async def _refuse(self, transport: Transport, code: int, reason: str) -> None:
         with trio.CancelScope(shield=True) as scope:
@@ -349,7 +472,8 @@ class ClusterNode:
             self._close_edge(client, CloseCode.GOING_AWAY, "the daemon is shutting down")
         with trio.move_on_after(2):
             await self.writer.flush()
-        for room in list(self.ownership.owned):
-            await self.ownership.release(room)
+        async with trio.open_nursery() as releases:
+            for room in list(self.ownership.owned):
+                releases.start_soon(self.ownership.release, room)
         await self.nodes.leave()
 

@@ -79,6 +79,17 @@ class Nodes:
             present = [await call for call in calls]
         return {node for node, count in zip(ordered, present, strict=True) if count}
 
+    async def others(self) -> set[str]:
+        """Return the other nodes with a live heartbeat. Raises on a Redis failure."""
+        prefix = node_key("")
+        found: set[str] = set()
+        with trio.fail_after(5):
+            async for key in self._redis.scan_iter(match=prefix + "*"):
+                name = key.decode()[len(prefix):]
+                if name != self.info.node:
+                    found.add(name)
+        return found
+
     async def leave(self) -> None:
         """Remove this node's heartbeat now (a clean shutdown), so edges need not wait."""
         try:

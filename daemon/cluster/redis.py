@@ -9,6 +9,7 @@ to a second of acknowledged messages when Redis itself crashes).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 SCHEMES = ("redis", "rediss", "unix")
+
+log = logging.getLogger(__name__)
 
 
 class RedisSetupError(OSError):
@@ -62,17 +65,27 @@ async def check_durability(redis: coredis.Redis[bytes], url: str, *, relaxed: bo
     Raises RedisSetupError naming the setting (or saying CONFIG cannot be read, as some
     managed services forbid it) unless ``relaxed``.
     """
-    if relaxed:
-        return
     try:
         settings: dict[Any, Any] = await redis.config_get(["appendonly", "appendfsync"])
     except coredis.exceptions.ResponseError as exc:
+        if relaxed:
+            log.warning("%s: cannot read its persistence settings (%s); going on as "
+                        "--redis-durability relaxed allows", describe(url), exc,
+                        extra={"event": "redis-durability-relaxed"})
+            return
         raise RedisSetupError(
             f"{describe(url)}: cannot read its persistence settings ({exc}); if the "
             "service fsyncs every write (appendonly yes, appendfsync always), start with "
             "--redis-durability relaxed") from None
     appendonly = _text(settings.get(b"appendonly"))
     appendfsync = _text(settings.get(b"appendfsync"))
+    if relaxed:
+        if (appendonly, appendfsync) != ("yes", "always"):
+            log.warning("%s has appendonly %s, appendfsync %s: a crash of Redis loses the "
+                        "messages it had not yet written, acknowledged or not "
+                        "(--redis-durability relaxed)", describe(url), appendonly or "?",
+                        appendfsync or "?", extra={"event": "redis-durability-relaxed"})
+        return
     if appendonly != "yes":
         raise RedisSetupError(
             f"{describe(url)} has appendonly {appendonly or '?'}: acknowledged messages "

@@ -59,7 +59,10 @@ class StoreFailure(Exception):
 
 
 class Unreachable(StoreFailure):
-    """Redis did not answer (down, unreachable, or too slow)."""
+    """Redis did not answer (down, unreachable, or too slow): the write is taken as not
+    stored (``uncommitted``), its seq to be used again."""
+
+    uncommitted = True
 
 
 class Fenced(StoreFailure):
@@ -100,7 +103,7 @@ class RedisWriter(OrderedWriter):
         super().__init__(queue_size=queue_size)
         self._redis = redis
         self._owner_of = owner_of
-        self._on_fenced = on_fenced
+        self.on_fenced = on_fenced
         self._timeout = timeout
         self._scripts = {name: redis.register_script(getattr(scripts, name))
                          for name in ("APPEND", "PUT_ROOM", "DELETE_ROOM", "PUT_SESSION",
@@ -133,7 +136,7 @@ class RedisWriter(OrderedWriter):
             return [failure if job.writes else None for job in jobs]
         for result in results:
             if isinstance(result, Fenced):
-                self._on_fenced(result.room)
+                self.on_fenced(result.room)
         return results
 
     def _queue_write(self, pipe: Any, write: Write, owner: str) -> Awaitable[Any]:
@@ -222,23 +225,38 @@ class RedisWriter(OrderedWriter):
                 await self._redis.hdel(keys.keys, stale)
         if not record:
             return None, []
-        room = StoredRoom(
-            name=name, app=record[b"app"].decode(), created_at=float(record[b"created_at"]),
-            meta=record[b"meta"], last_seq=int(seq or 0),
-            private=record.get(b"private") == b"1", implicit=record.get(b"implicit") == b"1",
-            keys=sorted(uses, key=lambda use: use.at))
+        room = _stored_room(name, record, seq, sorted(uses, key=lambda use: use.at))
         return room, [_decode_session(value) for value in stored.values()]
 
-    async def list_rooms(self) -> list[StoredRoom]:
-        """Return every room of the cluster (for list-rooms and the lobby)."""
-        with trio.fail_after(self._timeout):
-            names = sorted(n.decode() for n in await self._redis.smembers(ROOM_INDEX))
-        rooms = []
-        for name in names:
-            room, _ = await self.load_room(name)
-            if room is not None:
-                rooms.append(room)
+    async def list_rooms(self) -> list[tuple[StoredRoom, int]]:
+        """Return every room of the cluster with its participants (sessions not hidden,
+        live or away), in one round trip after the index. Raises Unreachable."""
+        try:
+            with trio.fail_after(self._timeout):
+                names = sorted(n.decode() for n in await self._redis.smembers(ROOM_INDEX))
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    calls = [(name, pipe.hgetall(RoomKeys(name).room),
+                              pipe.get(RoomKeys(name).seq),
+                              pipe.hvals(RoomKeys(name).sessions)) for name in names]
+                rooms = []
+                for name, record_call, seq_call, sessions_call in calls:
+                    record: dict[bytes, bytes] = await record_call
+                    if not record:
+                        continue
+                    seq = await seq_call
+                    sessions = [_decode_session(v) for v in await sessions_call]
+                    rooms.append((_stored_room(name, record, seq, []),
+                                  sum(1 for session in sessions if not session.hidden)))
+        except NO_ANSWER as exc:
+            raise Unreachable(f"Redis: {exc or type(exc).__name__}") from None
         return rooms
+
+def _stored_room(name: str, record: dict[bytes, bytes], seq: Any,
+                 keys: list[KeyUse]) -> StoredRoom:
+    return StoredRoom(
+        name=name, app=record[b"app"].decode(), created_at=float(record[b"created_at"]),
+        meta=record[b"meta"], last_seq=int(seq or 0), private=record.get(b"private") == b"1",
+        implicit=record.get(b"implicit") == b"1", keys=keys)
 
 
 def _room_of(write: Write) -> str:

@@ -277,6 +277,12 @@ class Context:
             committed = getattr(exc, "committed_seq", None)
             if log_seqs and isinstance(committed, int):
                 room.last_seq = room.next_seq = committed
+            elif log_seqs and getattr(exc, "uncommitted", False):
+                # Nothing of it was stored (the store says so): its seqs, and any taken
+                # after them, are free again; appends still on their way before it keep
+                # theirs. (Should it have been stored after all, the next append is
+                # refused with the store's last seq, and the room continues from there.)
+                room.next_seq = max(room.last_seq, min(log_seqs) - 1)
             code = getattr(exc, "code", None)
             ctx = later(now)
             ctx.error(code if isinstance(code, ErrorCode) else ErrorCode.INTERNAL,

@@ -366,6 +366,19 @@ class Engine:
             identity=session.identity,
         )
 
+    def stored_room_info(self, record: StoredRoom, participants: int) -> RoomInfo | None:
+        """Return the view of a room another node holds (None for an app not installed)."""
+        room = self.rooms.get(record.name)
+        if room is not None:
+            return self.room_info(room)
+        app = self.apps.get(record.app)
+        if app is None:
+            return None
+        return RoomInfo(name=record.name, app=app.name, created_at=record.created_at,
+                        participants=participants, last_seq=record.last_seq,
+                        meta=app.room_view(app.decode_room_meta(record.meta)),
+                        private=record.private or self.require_tokens)
+
     def room_info(self, room: Room) -> RoomInfo:
         return RoomInfo(
             name=room.name,

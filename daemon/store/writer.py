@@ -65,6 +65,15 @@ class OrderedWriter:
     async def _close_store(self) -> None:
         """Release the store, once the queue is drained."""
 
+    async def read_log(self, room: str, *, after: int | None = None,
+                       before: int | None = None, limit: int = 50) -> list[LogEntry]:
+        """Read a page of ``room``'s log, in ascending seq order (see ``Store.read_log``)."""
+        raise NotImplementedError
+
+    async def load_rooms(self, keys_since: float = 0.0) -> list[StoredRoom]:
+        """Return the rooms to restore at start, with their keys since ``keys_since``."""
+        raise NotImplementedError
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit submitted jobs until ``aclose`` is called.
 
