@@ -230,7 +230,7 @@ def main() -> int:
                 line = run_one(kind, scenario, args.bench, args.roomctl.split())
                 line["rep"] = rep
                 lines.append(line)
-                rate, p99, count = ops(line) if line.get("ok") else (0, 0, 0)
+                rate, p99, _count = ops(line) if line.get("ok") else (0, 0, 0)
                 print(f"rep {rep} {scenario:6} {kind:8} ok={line.get('ok')} "
                       f"{rate:,.0f}/s p99 {p99:.1f} ms cpu {line['cpu_s']}",
                       file=sys.stderr, flush=True)
