@@ -47,8 +47,8 @@ def cluster(tmp_path: pathlib.Path) -> Iterator[Cluster]:
 
 
 def roomctl(node: Node, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {"ROOMCTL_URL": node.http, "ROOMCTL_DATA_DIR": str(node.data_dir),
-           "PATH": "/usr/bin:/bin"}
+    # The suite's hermetic HOME and XDG directories (conftest), and this node.
+    env = {**os.environ, "ROOMCTL_URL": node.http, "ROOMCTL_DATA_DIR": str(node.data_dir)}
     return subprocess.run([sys.executable, "-m", "roomctl", *args], input=stdin,
                           capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
 
@@ -428,3 +428,56 @@ def test_two_joins_on_two_nodes_exchange_video_through_a_room_owned_by_a_third(
         for joiner in (alice, bob):
             if joiner.proc.poll() is None:
                 assert joiner.stop() == 0, joiner.stderr()
+
+
+async def test_the_http_api_on_any_node_reaches_the_room_where_its_owner_is(
+        cluster: Cluster) -> None:
+    # The HTTP API's requests are connections of the protocol like a WebSocket's: on a
+    # node that does not own the room they are forwarded to its owner.
+    from types import SimpleNamespace
+
+    from tests.http_util import call, open_events
+
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    at = {n.name: SimpleNamespace(host="127.0.0.1", port=n.port) for n in (a, b, c)}
+    admin = a.admin_token
+    created = await call(at["a"], "POST", "/v1/rooms", token=admin, json_body={"name": "ops"})
+    assert created.status == 201, created.body
+    async with client(a, "ops") as alice:  # a owns the room from here on
+        await alice.hello("alice")
+        assert await owner_of(cluster, "ops") == "a"
+        stream = await open_events(at["c"], "ops", token=admin)
+        try:
+            assert stream.status == 200
+            key = {"Idempotency-Key": "deploy-7"}
+            first = await call(at["b"], "POST", "/v1/rooms/ops/messages", token=admin,
+                               text="deploy started\ndeploy done", headers=key)
+            assert first.status == 201, first.body
+            again = await call(at["c"], "POST", "/v1/rooms/ops/messages", token=admin,
+                               text="deploy started\ndeploy done", headers=key)
+            assert again.status == 201, again.body
+            assert again.json() == first.json()
+            events = [await stream.next(), await stream.next()]
+            assert [(e.id, e.json()["text"]) for e in events if e] == [
+                ("1", "deploy started"), ("2", "deploy done")]
+        finally:
+            stream.close()
+        page = await call(at["b"], "GET", "/v1/rooms/ops/messages?after=0", token=admin)
+        assert [m["text"] for m in page.json()["messages"]] == ["deploy started",
+                                                                "deploy done"]
+        changed = await call(at["c"], "PATCH", "/v1/rooms/ops", token=admin,
+                             json_body={"topic": "deploys"})
+        assert changed.status == 200, changed.body
+        shown = await call(at["b"], "GET", "/v1/rooms/ops", token=admin)
+        assert shown.json()["room"]["meta"]["topic"] == "deploys"
+        people = await call(at["c"], "GET", "/v1/rooms/ops/participants", token=admin)
+        assert [p["meta"]["name"] for p in people.json()["participants"]] == ["alice"]
+        # The cluster's room list pages as one node's does.
+        for name in ("ci", "qa"):
+            await call(at["b"], "POST", "/v1/rooms", token=admin, json_body={"name": name})
+        listed = await call(at["c"], "GET", "/v1/rooms?limit=2", token=admin)
+        rest = await call(at["a"], "GET", f"/v1/rooms?limit=2&after={listed.json()['next']}",
+                          token=admin)
+        assert [r["name"] for r in listed.json()["rooms"]] == ["ci", "ops"]
+        assert ([r["name"] for r in rest.json()["rooms"]], rest.json()["next"]) == (["qa"], None)
+    assert await owner_of(cluster, "ops") == "a"

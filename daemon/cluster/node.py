@@ -71,7 +71,7 @@ _NO_ANSWER: tuple[type[BaseException], ...] = (trio.TooSlowError, *UNREACHABLE)
 MOVED = (CloseCode.ROOM_MOVED, "the room moved to another node: reconnect and resume")
 IDLE_UNLOAD = 30.0  # seconds a room without sessions stays loaded before it is let go
 # Admin requests on one room: they run where the room is.
-_ROOM_ADMIN = (adm.CreateRoom, adm.GetRoom, adm.Kick, adm.DeleteRoom)
+_ROOM_ADMIN = (adm.CreateRoom, adm.GetRoom, adm.UpdateRoom, adm.Kick, adm.DeleteRoom)
 _REFRESH_FAILURES: tuple[type[BaseException], ...] = (*_NO_ANSWER, Unreachable)
 
 
@@ -305,8 +305,16 @@ class ClusterNode:
         """
         if isinstance(frame, adm.ListRooms):
             rooms = await self._list(fresh=True)
-            visible = [r for r in rooms if access.is_admin or r.name == access.room]
-            self._write(transport, fmt, adm.RoomList(ref=frame.ref, rooms=visible))
+            visible = sorted((r for r in rooms
+                              if (access.is_admin or r.name == access.room)
+                              and (frame.after is None or r.name > frame.after)),
+                             key=lambda r: r.name)
+            following = None  # paged as the engine pages its own rooms
+            if frame.limit is not None and len(visible) > frame.limit:
+                visible = visible[:frame.limit]
+                following = visible[-1].name
+            self._write(transport, fmt, adm.RoomList(ref=frame.ref, rooms=visible,
+                                                     next=following))
             return True
         room = getattr(frame, "room", None)
         if not isinstance(frame, _ROOM_ADMIN) or not isinstance(room, str):
