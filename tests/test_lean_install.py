@@ -9,7 +9,9 @@ packaging itself is checked in pyproject.toml.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -64,3 +66,32 @@ def test_the_media_codecs_are_an_extra_that_the_tests_install() -> None:
     assert {r.split(">")[0] for r in project["optional-dependencies"]["media"]} == {"aiortc",
                                                                                     "av"}
     assert "roomctl[media]" in project["optional-dependencies"]["test"]
+
+
+def test_an_installed_wheel_puts_every_man_page_where_man_finds_it(
+        tmp_path: pathlib.Path) -> None:
+    # A real wheel, built as pip builds one, installed into a real venv (without the
+    # dependencies: only the files matter here); man(1) then finds each page through PATH.
+    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
+                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    [wheel] = wheels.glob("roomctl-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                    "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, timeout=120)
+    pages = sorted(p.name for p in (ROOT / "man").iterdir() if p.suffix in (".1", ".7"))
+    assert "roomctl.1" in pages
+    for page in pages:
+        installed = venv / "share" / "man" / f"man{page[-1]}" / page
+        assert installed.read_bytes() == (ROOT / "man" / page).read_bytes(), page
+    if shutil.which("man") is None:
+        return  # the files are in place; no man(1) here to look them up
+    env = {k: v for k, v in os.environ.items() if k != "MANPATH"}  # man's own search
+    env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
+    for page in pages:
+        name, section = page.rsplit(".", 1)
+        found = subprocess.run(["man", "-w", section, name], capture_output=True, text=True,
+                               env=env, timeout=30)
+        assert found.stdout.strip() == str(venv / "share" / "man" / f"man{section}" / page), \
+            found.stderr
