@@ -46,6 +46,9 @@ _EXIT_FOR_CODE: dict[str, ExitCode] = {
     "not-found": ExitCode.NOT_FOUND,
     "unauthorized": ExitCode.UNAUTHORIZED,
     "forbidden": ExitCode.UNAUTHORIZED,
+    # With several nodes: the rooms' store (Redis) or the room's node cannot be reached
+    # for now. Like an unreachable daemon, trying again later may work.
+    "unavailable": ExitCode.UNREACHABLE,
 }
 
 

@@ -20,6 +20,7 @@ an outage it gives up at once instead of retrying. A second signal ends it at on
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import os
@@ -53,6 +54,7 @@ WINDOW = 256  # messages in flight before reading more input (with the admin tok
 # retried message can never land after the one behind it.
 LIMITED_WINDOW = 1
 RETRY_FOR = 60.0  # seconds --lines keeps retrying one outage before it gives up
+UNAVAILABLE_TRIES = 14  # answers "unavailable" to one message before it is reported (~1 min)
 STDIN_BATCHES = 16  # reads of stdin (up to 64 KiB each) held ahead of the connection
 OVER_LIMIT = f"over the {MAX_MESSAGE_TEXT}-character limit"
 
@@ -75,7 +77,7 @@ class _Outbox:
         self.run = secrets.token_urlsafe(12)
         self.unacked: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.sent: set[int] = set()  # sent at least once: may be stored though unanswered
-        self.retry: list[tuple[int, float]] = []  # (key, seconds): refused as rate-limited
+        self.retry: list[tuple[int, float]] = []  # (key, seconds) by key: to send again
         self.in_flight: set[int] = set()  # sent on the current connection, not answered
         self.refusals: dict[int, int] = {}  # rate-limited answers per message
         self.not_posted: dict[int, str] = {}  # line number -> why, for good
@@ -92,12 +94,12 @@ class _Outbox:
         if key not in self.unacked:
             return  # an answer to a message already settled on an earlier connection
         self.in_flight.discard(key)
-        if isinstance(reply, Error) and reply.code == "rate-limited":
+        if isinstance(reply, Error) and self._retryable(key, reply):
             hint = reply.retry_after if reply.retry_after is not None else 1.0
             # Wait at least what the daemon says, and longer each time the same message is
             # refused again, so that a busy room never sees a burst of retries.
             tries = self.refusals[key] = self.refusals.get(key, 0) + 1
-            self.retry.append((key, min(max(hint, 0.05) * 2 ** (tries - 1), 5.0)))
+            bisect.insort(self.retry, (key, min(max(hint, 0.05) * 2 ** (tries - 1), 5.0)))
             self._wake()
             return
         del self.unacked[key]
@@ -122,6 +124,14 @@ class _Outbox:
                 output.emit_json(document)
         self._wake()
 
+    def _retryable(self, key: int, reply: Error) -> bool:
+        """Whether to send ``key`` again after ``reply``: rate-limited always (the daemon
+        paces it); unavailable (a node of several without Redis) for about a minute, as
+        long as post waits for a daemon that cannot be reached. The key makes it safe."""
+        if reply.code == "rate-limited":
+            return True
+        return reply.code == "unavailable" and self.refusals.get(key, 0) < UNAVAILABLE_TRIES
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -138,9 +148,14 @@ class _Outbox:
         self.retry.clear()
 
     async def wait_below(self, count: int, session: Session) -> None:
-        """Wait until fewer than ``count`` are in flight, resending rate-limited ones."""
+        """Wait until fewer than ``count`` are in flight, resending refused ones.
+
+        A refused message goes again alone, once every message sent before it was
+        answered, and before any new one: several refused at once (all in flight when
+        Redis went away) are stored in their order, not in the order of their retries.
+        """
         while len(self.in_flight) >= count or self.retry:
-            if self.retry:
+            if self.retry and not self.in_flight:
                 key, seconds = self.retry.pop(0)
                 await trio.sleep(seconds)
                 await self.send(session, key)

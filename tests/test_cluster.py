@@ -481,3 +481,41 @@ async def test_the_http_api_on_any_node_reaches_the_room_where_its_owner_is(
         assert [r["name"] for r in listed.json()["rooms"]] == ["ci", "ops"]
         assert ([r["name"] for r in rest.json()["rooms"]], rest.json()["next"]) == (["qa"], None)
     assert await owner_of(cluster, "ops") == "a"
+
+
+async def test_post_lines_waits_out_a_redis_outage_and_stores_each_line_once(
+        cluster: Cluster) -> None:
+    # While Redis is away the owner answers "unavailable"; roomctl post sends those lines
+    # again (with their keys) until it is back, and exits 0 with every line stored once.
+    a = cluster.nodes["a"]
+    assert roomctl(a, "room", "create", "ops").returncode == 0
+    env = {**os.environ, "ROOMCTL_URL": a.http, "ROOMCTL_DATA_DIR": str(a.data_dir)}
+    post = subprocess.Popen([sys.executable, "-m", "roomctl", "post", "ops", "--lines",
+                             "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert post.stdin is not None and post.stdout is not None
+    try:
+        post.stdin.write("before\n")
+        post.stdin.flush()
+        assert json.loads(await trio.to_thread.run_sync(post.stdout.readline))["seq"] == 1
+        cluster.redis.stop()
+        post.stdin.write("during 1\nduring 2\n")
+        post.stdin.flush()
+        await eventually(lambda: _degraded(a))
+        await trio.sleep(1)  # the lines were answered "unavailable" at least once
+        cluster.redis.start()
+        post.stdin.write("after\n")
+        post.stdin.close()
+        assert post.stderr is not None
+        with trio.fail_after(90):
+            out, err = await trio.to_thread.run_sync(
+                lambda: (post.stdout.read(), post.stderr.read()))  # type: ignore[union-attr]
+        post.wait(timeout=WAIT)
+    finally:
+        if post.poll() is None:
+            post.kill()
+            post.wait()
+    assert post.returncode == 0, err
+    assert [json.loads(line)["line"] for line in out.splitlines()] == [2, 3, 4], err
+    log = await history(a, "ops")
+    assert [m["text"] for m in log] == ["before", "during 1", "during 2", "after"]
