@@ -888,6 +888,7 @@ class Daemon:
             while self.connections:
                 self.connection_closed = trio.Event()
                 await self.connection_closed.wait()
+            await self.api.streams_ended()  # each says why it ends and ends whole
 
 
 _json_encode = msgspec.json.Encoder().encode

@@ -256,8 +256,10 @@ class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Every error's body. A post of several lines cut short by one also lists the lines
-    stored before it in ``messages``."""
+    """Every error's body. When the room refuses a line of a post of several, the error
+    names that line (``error.line``: the first refused) and ``messages`` lists the lines
+    that were stored, those after it included, as ``roomctl post --lines`` does. Sending
+    the same body again with the same ``Idempotency-Key`` stores nothing twice."""
 
     error: ErrorDetail
     messages: list[PostedMessage] | None = None

@@ -89,6 +89,12 @@ class EventStream:
     response: http.client.HTTPResponse
     sock: socket.socket
     comments: list[str] = field(default_factory=list)
+    raw_tail: list[bytes] = field(default_factory=list)  # the last raw lines read
+
+    @property
+    def ended_whole(self) -> bool:
+        """Whether the chunked body ended with its last chunk (not a cut connection)."""
+        return self.raw_tail[-2:] == [b"0\r\n", b"\r\n"]
 
     @property
     def status(self) -> int:
@@ -99,6 +105,7 @@ class EventStream:
         data: list[str] = []
         while True:
             raw = self.response.fp.readline()
+            self.raw_tail = [*self.raw_tail[-1:], raw] if raw else self.raw_tail
             if not raw:
                 return None  # the stream ended
             line = raw.decode().rstrip("\n")

@@ -490,9 +490,10 @@ async def test_post_lines_waits_out_a_redis_outage_and_stores_each_line_once(
     a = cluster.nodes["a"]
     assert roomctl(a, "room", "create", "ops").returncode == 0
     env = {**os.environ, "ROOMCTL_URL": a.http, "ROOMCTL_DATA_DIR": str(a.data_dir)}
-    post = subprocess.Popen([sys.executable, "-m", "roomctl", "post", "ops", "--lines",
-                             "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    post = await trio.to_thread.run_sync(lambda: subprocess.Popen(
+        [sys.executable, "-m", "roomctl", "post", "ops", "--lines", "--json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=env))
     assert post.stdin is not None and post.stdout is not None
     try:
         post.stdin.write("before\n")

@@ -452,6 +452,9 @@ async def test_last_event_id_resumes_across_a_daemon_restart_with_nothing_lost_o
         sp.proc.send_signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(lambda: sp.proc.wait(timeout=10)) == 0
         assert await stream.next() is None
+        # It said why, and ended the response whole (its last chunk: curl -N exits 0).
+        assert any(c.startswith("closed (1001)") for c in stream.comments), stream.comments
+        assert stream.ended_whole, stream.raw_tail
     finally:
         stream.close()
     sp = serve_process("--port", port, "--log-level", "warning", data_dir=data_dir)
@@ -513,6 +516,14 @@ async def test_a_method_a_path_does_not_take_is_405_with_allow(srv: Server) -> N
     assert answer.headers["allow"] == "DELETE, GET, HEAD, PATCH"
     events = await call(srv, "POST", f"/v1/rooms/{ROOM}/events", token=srv.admin_token)
     assert events.status == 405 and events.headers["allow"] == "GET"
+
+
+async def test_a_bad_room_name_in_a_path_is_400_with_the_rule(srv: Server) -> None:
+    for method, path in (("POST", "/v1/rooms/-bad-/messages"), ("GET", "/v1/rooms/a%20b"),
+                         ("GET", "/v1/rooms/" + "x" * 65 + "/events")):
+        answer = await call(srv, method, path, token=srv.admin_token, text="hi")
+        error = refusal(answer, 400, "bad-request")
+        assert "room name" in error["message"] and "letters, digits" in error["message"]
 
 
 async def test_the_openapi_document_is_served_valid_and_made_from_the_code(

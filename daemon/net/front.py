@@ -129,7 +129,7 @@ class ResponseChannel:
     def __init__(self, connection: _Connection, nursery: trio.Nursery) -> None:
         self._connection = connection
         self._nursery = nursery
-        self.state: str = "new"  # then "responded" or "started"
+        self.state: str = "new"  # then "responded", or "started" and then "finished"
 
     async def respond(self, response: HttpResponse) -> None:
         """Send ``response`` whole; the connection may then serve another request."""
@@ -157,6 +157,19 @@ class ResponseChannel:
             raise RuntimeError("start the response first")
         try:
             await self._connection._send(h11.Data(data=data))
+        except _Hangup:
+            raise trio.BrokenResourceError("the client does not read") from None
+
+    async def finish(self, data: bytes = b"") -> None:
+        """Send the last of a started response's body and end it (the last chunk), so the
+        client sees a whole response; the front closes the connection after. Without it
+        the front ends the response once the handler returns."""
+        if self.state != "started":
+            raise RuntimeError("start the response first")
+        self.state = "finished"
+        try:
+            await self._connection._send(*((h11.Data(data=data),) if data else ()),
+                                         h11.EndOfMessage())
         except _Hangup:
             raise trio.BrokenResourceError("the client does not read") from None
 
@@ -500,6 +513,8 @@ class _Connection:
             head, body = self._render(HttpResponse(500, error_body(500, "internal server "
                                                                    "error")), close=True)
             await self._send(head, h11.Data(data=body), h11.EndOfMessage())
+            return False
+        if channel.state == "finished":
             return False
         if channel.state == "started":
             with trio.move_on_after(_CLOSE_TIMEOUT):

@@ -59,6 +59,7 @@ from protocol.limits import (
     MAX_MESSAGE_TEXT,
     MAX_PAGE,
     ROOM_NAME_PATTERN,
+    ROOM_NAME_RULE,
     DisplayName,
     RoomName,
 )
@@ -175,7 +176,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                      Param("limit", "query", "At most this many (default 100).", _LIMIT))),
     Endpoint("GET", ROOMS_PATH + "/{room}/events", "streamEvents",
              "Follow the room's messages as Server-Sent Events (id: the seq).",
-             "read (join includes it)", "_events", 200, content=_EVENTS,
+             "read (or join and hidden: it watches unseen)", "_events", 200, content=_EVENTS,
              params=(_ROOM, Param("Last-Event-ID", "header",
                                   "Resume: first the messages after this seq.", _SEQ),
                      Param("after", "query", "As Last-Event-ID, which wins over it.",
@@ -200,12 +201,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 def _pattern(path: str) -> re.Pattern[str]:
-    room = ROOM_NAME_PATTERN.strip("^$")
-    regex = re.escape(path).replace(r"\{room\}", f"(?P<room>{room})") \
+    # Any segment matches {room}, so that a bad name is answered as one (400), not as a
+    # path the API does not have.
+    regex = re.escape(path).replace(r"\{room\}", "(?P<room>[^/]+)") \
         .replace(r"\{participant\}", "(?P<participant>[^/]{1,64})")
     return re.compile(f"^{regex}$")
 
 
+_ROOM_NAME = re.compile(ROOM_NAME_PATTERN)
 _ROUTES: tuple[tuple[re.Pattern[str], Endpoint], ...] = tuple(
     (_pattern(endpoint.path), endpoint) for endpoint in ENDPOINTS)
 
@@ -406,6 +409,14 @@ class HttpApi:
         self._limits = AddressLimits(rate_limit)
         self.keepalive = keepalive
         self._openapi_json: bytes | None = None
+        self._streams = 0  # event streams running
+        self._no_streams = trio.Event()
+        self._no_streams.set()
+
+    async def streams_ended(self) -> None:
+        """Return once no event stream runs (at shutdown: each ends its response whole
+        once the daemon has closed its connection)."""
+        await self._no_streams.wait()
 
     async def respond(self, request: HttpRequest) -> HttpResponse | None:
         """Answer ``request`` if its path is the API's; None otherwise.
@@ -423,6 +434,10 @@ class HttpApi:
             if endpoint.handler == "_list_rooms" and "authorization" not in request.headers:
                 return None
             handler = getattr(self, endpoint.handler)
+            room = match.groupdict().get("room")
+            if room is not None and not _ROOM_NAME.match(room):
+                return ApiError(400, ErrorCode.BAD_REQUEST, f"bad room name {room[:80]!r}: "
+                                f"{ROOM_NAME_RULE}").response()
             try:
                 with trio.move_on_after(REQUEST_TIMEOUT if endpoint.content != _EVENTS
                                         else float("inf")) as deadline:
@@ -659,25 +674,33 @@ class HttpApi:
         self._limit(request, token)
 
         async def stream(channel: ResponseChannel) -> None:
+            self._streams += 1
+            if self._no_streams.is_set():
+                self._no_streams = trio.Event()
             try:
                 async with self._connection(request, room, self._room_hello(
                         request, subscribe=True)) as (loopback, _):
                     await channel.start(200, _EVENTS, (
                         ("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")))
                     await channel.send(f": events of room {room}\nretry: 1000\n\n".encode())
-                    await self._follow(loopback, channel, after)
+                    await channel.finish(await self._follow(loopback, channel, after))
             except ApiError as exc:
                 if channel.state == "new":
                     await channel.respond(exc.response())
                 else:
-                    await channel.send(f": closed: {exc.detail.message}\n\n".encode())
+                    await channel.finish(f": closed: {exc.detail.message}\n\n".encode())
+            finally:
+                self._streams -= 1
+                if not self._streams:
+                    self._no_streams.set()
 
         return HttpResponse(200, stream=stream)
 
     async def _follow(self, loopback: Loopback, channel: ResponseChannel,
-                      after: int | None) -> None:
+                      after: int | None) -> bytes:
         """Write the room's messages as events: the history after ``after`` (if given),
-        then each new one; every seq once, in order. Returns when the daemon closes."""
+        then each new one; every seq once, in order. When the daemon closes the room's
+        connection, return the comment that says why, for the end of the response."""
         last = -1 if after is None else after
         if after is not None:
             cursor = after
@@ -700,8 +723,7 @@ class HttpApi:
                     event = await loopback.next_event()
                 except Closed as closed:
                     reason = closed.reason or f"code {closed.code}"
-                    await channel.send(f": closed ({closed.code}): {reason}\n\n".encode())
-                    return
+                    return f": closed ({closed.code}): {reason}\n\n".encode()
             if idle.cancelled_caught:
                 await channel.send(b": ping\n\n")
                 continue
