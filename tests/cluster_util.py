@@ -174,9 +174,22 @@ class Poster:
     refusals: dict[str, int] = field(default_factory=dict)  # error codes seen
     reconnects: int = 0
     progressed: trio.Event = field(default_factory=trio.Event)
+    where: str = ""  # what it does now, for a test's failure message
 
-    def texts(self) -> list[str]:
-        return [f"{self.name}-{i}" for i in range(self.count)]
+    # Messages are made as they are sent (count may be huge: "until stopped"); those sent
+    # and not yet acknowledged go again first on the next connection, with their keys.
+    made: int = 0
+    unanswered: dict[str, None] = field(default_factory=dict)  # in order of first sending
+
+    def _take(self, pending: list[str]) -> str | None:
+        if pending:
+            return pending.pop(0)
+        if self.made >= self.count:
+            return None
+        text = f"{self.name}-{self.made}"
+        self.made += 1
+        self.unanswered[text] = None
+        return text
 
     async def run(self, deadline: float = 120.0) -> None:
         with trio.fail_after(deadline):
@@ -185,10 +198,12 @@ class Poster:
                 node = self.nodes[attempt % len(self.nodes)]
                 attempt += 1
                 try:
+                    self.where = f"connecting to {node.name}"
                     await self._session(node)
                 except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError,
-                        OSError):
+                        OSError) as exc:
                     self.reconnects += 1
+                    self.where = f"{node.name}: {exc!r}"[:200]
                     await trio.sleep(0.2)
 
     async def _session(self, node: Node) -> None:
@@ -206,14 +221,19 @@ class Poster:
                     self.refusals.get(welcome.get("code", "?"), 0) + 1
                 await trio.sleep(0.2)
                 return
-            pending = [t for t in self.texts() if t not in self.acked]
+            self.where = f"posting through {node.name}"
+            pending = list(self.unanswered)
             in_flight: set[str] = set()
-            while pending or in_flight:
-                while pending and len(in_flight) < self.window:
-                    text = pending.pop(0)
+            while True:
+                while len(in_flight) < self.window:
+                    text = self._take(pending)
+                    if text is None:
+                        break
                     in_flight.add(text)
                     await ws.send_message(_json({"type": "send-message", "text": text,
                                                  "key": text, "ref": text}))
+                if not in_flight:
+                    return  # every message made is acknowledged
                 reply = _parse(await ws.get_message())
                 ref = reply.get("ref")
                 if ref not in in_flight:
@@ -221,6 +241,7 @@ class Poster:
                 in_flight.discard(ref)
                 if reply["type"] == "ok":
                     self.acked[ref] = reply["seq"]
+                    self.unanswered.pop(ref, None)
                     self.progressed.set()
                 else:
                     self.refusals[reply["code"]] = self.refusals.get(reply["code"], 0) + 1

@@ -366,7 +366,8 @@ async def test_owners_killed_round_after_round_lose_nothing_acknowledged(
     acknowledged message at its seq, with no gap and no message twice."""
     cluster = fast_cluster
     nodes = [cluster.nodes[n] for n in "abc"]
-    posters = [Poster(nodes, "rounds", f"p{i}", 10_000, window=4) for i in range(2)]
+    # The posters post until the rounds are over, however fast this machine is.
+    posters = [Poster(nodes, "rounds", f"p{i}", 10**9, window=4) for i in range(2)]
     kills = 0
 
     async def acked() -> int:
@@ -375,14 +376,14 @@ async def test_owners_killed_round_after_round_lose_nothing_acknowledged(
     async with trio.open_nursery() as nursery:
         for poster in posters:
             nursery.start_soon(poster.run, 600.0)
-        for _ in range(CLUSTER_ROUNDS):
+        for round_ in range(CLUSTER_ROUNDS):
             before = await acked()
-            await eventually(lambda before=before: _more(acked, before + 20), timeout=60)
+            await _progress(acked, before + 20, f"round {round_}, before the kill", posters)
             owner = await owner_of(cluster, "rounds")
             cluster.kill(owner)
             kills += 1
             after = await acked()
-            await eventually(lambda after=after: _more(acked, after + 5), timeout=60)
+            await _progress(acked, after + 5, f"round {round_}, {owner} killed", posters)
             await trio.to_thread.run_sync(cluster.start, owner)
         for poster in posters:
             poster.count = len(poster.acked)  # let them stop: what is acked is the test
@@ -399,6 +400,14 @@ async def test_owners_killed_round_after_round_lose_nothing_acknowledged(
 
 async def _more(count: Any, at_least: int) -> bool:
     return bool(await count() >= at_least)
+
+
+async def _progress(count: Any, at_least: int, when: str, posters: list[Poster]) -> None:
+    try:
+        await eventually(lambda: _more(count, at_least), timeout=60)
+    except trio.TooSlowError:
+        state = [(p.name, len(p.acked), p.reconnects, p.refusals, p.where) for p in posters]
+        raise AssertionError(f"{when}: no progress in 60 s; posters {state}") from None
 
 
 # --- calls across nodes -----------------------------------------------------------------------
