@@ -212,9 +212,14 @@ def resolve_target(values: dict[str, Any], click_context: Any) -> Target:
 
     chosen = profiles.load(values["profile"])
     settings: dict[str, Any] = {"timeout": values["timeout"]}
+    # A profile's token and CA go with its URL, as gh keeps a token per host: pointed at
+    # another daemon (--url, ROOMCTL_URL), a command never sends it the profile's token.
+    elsewhere = (chosen is not None and chosen.url is not None and source("url") is not None
+                 and values["url"].rstrip("/") != chosen.url.rstrip("/"))
     for name in ("url", "data_dir", "ca_file", "insecure"):
         given = values[name]
-        if source(name) is None and chosen is not None and getattr(chosen, name) is not None:
+        if source(name) is None and chosen is not None and getattr(chosen, name) is not None \
+                and not (elsewhere and name == "ca_file"):
             given = getattr(chosen, name)
         settings[name] = given
     if chosen is not None and source("url") is None and chosen.url is not None:
@@ -228,6 +233,8 @@ def resolve_target(values: dict[str, Any], click_context: Any) -> Target:
     token_source = source("token")
     if values["token"] and token_source is not None:
         settings.update(token=values["token"], token_source=token_source)
+    elif chosen is not None and elsewhere:
+        pass  # (the profile's token is for its own URL)
     elif chosen is not None and chosen.token is not None:
         settings.update(token=chosen.token, token_source="profile")
     elif chosen is not None and chosen.token_file is not None:

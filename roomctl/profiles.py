@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from roomctl.errors import CliError, ExitCode
+from roomctl.target import validate_url
 
 CONFIG_NAME = "config.toml"
 KEYS = ("url", "token", "token_file", "ca_file", "insecure", "data_dir")
@@ -103,6 +104,12 @@ def _profile(name: str, table: dict[str, Any], path: Path) -> Profile:
         if not isinstance(value, wanted) or (wanted is str and not value):
             kind = "true or false" if wanted is bool else "a non-empty string"
             raise CliError(ExitCode.USAGE, f"{where}: {key} must be {kind}")
+        if key == "url":
+            assert isinstance(value, str)
+            try:
+                validate_url(value)
+            except ValueError as exc:
+                raise CliError(ExitCode.USAGE, f"{where}: url: {exc}") from None
         if key in _PATHS:
             assert isinstance(value, str)
             found = Path(value).expanduser()

@@ -68,8 +68,9 @@ def _print(report: dict[str, Any]) -> None:
     lines: list[tuple[str, str]] = []
     daemon = report["daemon"]
     if daemon["reachable"]:
-        health = f"{daemon['status']}, {daemon['rooms']} rooms, {daemon['connections']} " \
-                 "connections"
+        rooms, conns = daemon["rooms"], daemon["connections"]
+        health = f"{daemon['status']}, {rooms} room{'s' * (rooms != 1)}, {conns} " \
+                 f"connection{'s' * (conns != 1)}"
         lines.append(("daemon", f"{report['url']}: roomctl {daemon['version']} ({health})"))
     else:
         reason = daemon["error"].removeprefix(f"cannot reach {report['url']}: ")

@@ -431,8 +431,10 @@ def test_a_daemon_that_dies_mid_call_ends_join_with_5(
         sp.proc.kill()
         assert lone.finish(timeout=ERROR_WITHIN) == 5
         assert lone.of("left")[-1]["reason"] == "connection closed"
-        last = lone.stderr().strip().splitlines()[-1]
-        assert last.startswith("roomctl: connection closed"), lone.stderr()
+        # join prints JSON lines (--json), so its error is one JSON object too.
+        last = json.loads(lone.stderr().strip().splitlines()[-1])["error"]
+        assert last["exit"] == 5 and last["code"] == "unreachable", lone.stderr()
+        assert last["message"].startswith("connection closed"), lone.stderr()
         assert "Traceback" not in lone.stderr()
     finally:
         lone.kill()
