@@ -99,8 +99,14 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Machine-readable output and errors, for any command "
+                                     "(as its own --json)."),
+    ] = False,
 ) -> None:
     """roomctl: rooms for chat and WebRTC calls."""
+    use_json(json_output)  # a command's own --json adds to it (see options.client_command)
 
 
 def main() -> None:

@@ -96,7 +96,8 @@ def report(message: str, exit_code: ExitCode, *, code: str | None = None,
     if code is not None:
         message = message.removeprefix(f"{code}: ")
     error: dict[str, Any] = {"code": code or CODE_FOR_EXIT.get(exit_code, "error"),
-                             "message": message, "exit": int(exit_code), **details}
+                             "message": message, "exit": int(exit_code),
+                             **{k: v for k, v in details.items() if v is not None}}
     print(json.dumps({"error": error}), file=sys.stderr, flush=True)
 
 

@@ -65,6 +65,7 @@ from protocol.messages import (
 )
 from roomctl import output
 from roomctl.client import CliError, ExitCode, Session, Target, connect, open_admin
+from roomctl.errors import json_errors
 from roomctl.loadstats import Latencies, Stream, Tally
 from roomctl.options import parse_duration, run, until_signalled
 from roomctl.target import validate_url
@@ -191,7 +192,7 @@ def load_test(
     progress = Progress(sys.stderr) if sys.stderr.isatty() else None
     load = LoadTest(plan, progress)
     report = run(load.run)
-    if json_output:
+    if json_output or json_errors():  # (roomctl --json load-test)
         output.emit_json(report)
     else:
         print_summary(report)

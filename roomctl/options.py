@@ -29,7 +29,14 @@ import typer
 from protocol.limits import DisplayName, RoomName
 from protocol.local import DEFAULT_URL
 from roomctl import profiles, rules
-from roomctl.errors import CliError, ExitCode, exception_leaves, report, use_json
+from roomctl.errors import (
+    CliError,
+    ExitCode,
+    exception_leaves,
+    json_errors,
+    report,
+    use_json,
+)
 from roomctl.output import OutputClosed
 from roomctl.target import Target, validate_url
 
@@ -183,6 +190,7 @@ def client_command(
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> None:
         values = {name: kwargs.pop(name) for name in _GLOBAL_NAMES}
+        values["json_output"] = values["json_output"] or json_errors()  # roomctl --json CMD
         use_json(values["json_output"])
         try:
             target = resolve_target(values, values.pop("click_context"))
@@ -243,10 +251,11 @@ def resolve_target(values: dict[str, Any], click_context: Any) -> Target:
 
 
 def fail(message: str, exit_code: ExitCode = ExitCode.REFUSED, *,
-         code: str | None = None) -> NoReturn:
+         code: str | None = None, grant: str | None = None) -> NoReturn:
     """Print the error (``roomctl: message``, or a JSON object with --json) and exit with
-    ``exit_code``; ``code`` is the daemon's error code, when it refused."""
-    report(message, exit_code, code=code)
+    ``exit_code``; ``code`` is the daemon's error code, when it refused, and ``grant`` the
+    grant it said the token lacks."""
+    report(message, exit_code, code=code, grant=grant)
     raise typer.Exit(int(exit_code))
 
 
@@ -261,7 +270,7 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
 
         return trio.run(main)
     except CliError as exc:
-        fail(exc.message, exc.exit_code, code=exc.code)
+        fail(exc.message, exc.exit_code, code=exc.code, grant=exc.grant)
     except KeyboardInterrupt:
         fail("interrupted", ExitCode.INTERRUPTED)
     except BaseExceptionGroup as group:

@@ -108,9 +108,9 @@ class _Outbox:
             error = refused(reply)
             if self.lines:
                 report(f"line {key}: {error.message}", error.exit_code, code=error.code,
-                       line=key)
+                       line=key, grant=error.grant)
             else:
-                report(error.message, error.exit_code, code=error.code)
+                report(error.message, error.exit_code, code=error.code, grant=error.grant)
             self.not_posted[key] = error.message
             self.first_error = self.first_error or error
         else:

@@ -228,7 +228,7 @@ def _admin(ctx: Context, method: str, path: str, body: Any = None,
     try:
         return httpclient.admin(ctx.target, method, path, body, explain)
     except CliError as exc:
-        fail(exc.message, exc.exit_code, code=exc.code)
+        fail(exc.message, exc.exit_code, code=exc.code, grant=exc.grant)
 
 
 def _view(body: Any) -> api.RoomView:

@@ -93,7 +93,7 @@ def create(
             signed = _sign_here(ctx.target, room=room, identity=identity, name=name,
                                 grants=[Grant(g) for g in grants], ttl=seconds)
         if signed is None:
-            fail(exc.message, exc.exit_code, code=exc.code)
+            fail(exc.message, exc.exit_code, code=exc.code, grant=exc.grant)
         issued = signed
     if ctx.json:
         output.emit_json({"token": issued.token, "room": issued.room,

@@ -180,3 +180,16 @@ def test_a_refused_token_is_a_json_error(daemon: ServeProcess) -> None:
     assert done.rc == 4
     error = json_error(done)
     assert error["code"] == "forbidden" and "read" in error["message"]
+    assert error["grant"] == "read", error  # for a script, without parsing the message
+
+
+def test_json_before_the_command_is_the_command_s_own(daemon: ServeProcess) -> None:
+    missing = cli("--json", "room", "show", "nosuch", data_dir=str(daemon.data_dir),
+                  ROOMCTL_URL=daemon.http)
+    assert missing.rc == 3 and json_error(missing)["code"] == "not-found"
+    listed = cli("--json", "room", "list", data_dir=str(daemon.data_dir),
+                 ROOMCTL_URL=daemon.http)
+    assert listed.rc == 0, listed.err
+    assert isinstance(json.loads(listed.out), list)
+    usage = cli("--json", "room", "show")
+    assert usage.rc == 2 and json_error(usage)["code"] == "usage"
