@@ -20,9 +20,11 @@ an outage it gives up at once instead of retrying. A second signal ends it at on
 
 from __future__ import annotations
 
+import base64
 import bisect
 import collections
 import itertools
+import json
 import os
 import secrets
 import signal
@@ -33,7 +35,7 @@ import trio
 import typer
 
 from protocol.chat import SendMessage
-from protocol.limits import MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
+from protocol.limits import MAX_DISPLAY_NAME, MAX_FRAME_BYTES, MAX_MESSAGE_TEXT
 from protocol.messages import Error, Ok
 from roomctl import output
 from roomctl.client import Session, open_room, refused
@@ -181,6 +183,22 @@ class _Outbox:
             parts.append(f"{_count(unsure)} sent but not acknowledged, so perhaps stored "
                          f"({_numbers(unsure, self.lines)})")
         return "; ".join(parts) or "every message read was stored"
+
+
+def _default_name(token: str | None) -> str:
+    """Return the sender name of a post without --name: the join token's identity, as
+    the HTTP API names a post, else "roomctl". (The daemon checks the token; this only
+    reads its claims, and a token it cannot read names nothing.)"""
+    if token is not None and token.count(".") == 2:
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            identity = claims.get("sub") if isinstance(claims, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            identity = None
+        if isinstance(identity, str) and identity.strip():
+            return identity.strip()[:MAX_DISPLAY_NAME]
+    return "roomctl"
 
 
 def _count(numbers: list[int]) -> str:
@@ -432,9 +450,10 @@ def post(
     text: Annotated[list[str] | None, typer.Argument(
         metavar="TEXT", help="The message (words are joined by spaces); '-' or none: stdin.",
         show_default=False)] = None,
-    name: Annotated[str, typer.Option(
+    name: Annotated[str | None, typer.Option(
         "--name", envvar="ROOMCTL_NAME", metavar="NAME", callback=check_name,
-        help="The sender name others see.")] = "roomctl",
+        show_default="the join token's identity, else roomctl",
+        help="The sender name others see (a token's own name wins).")] = None,
     lines: Annotated[bool, typer.Option(
         "--lines", help="Post each line of stdin as its own message, as it arrives.")] = False,
 ) -> None:
@@ -450,6 +469,8 @@ def post(
         fail("--lines posts stdin; give no TEXT", ExitCode.USAGE)
     if from_stdin and sys.stdin.isatty():
         fail("no message: give TEXT, or pipe it on stdin", ExitCode.USAGE)
+    if name is None:
+        name = _default_name(ctx.target.resolved_token())
     outbox = _Outbox(ctx.json, lines)
     if lines:
         run(lambda: _post_stdin_lines(ctx, room, name, outbox))

@@ -300,6 +300,12 @@ async def test_roomctl_token_create_and_use(daemon_process: ServeProcess) -> Non
     assert posted.rc == 0, posted.err
     tail = await roomctl(sp, "tail", ROOM, "--no-follow", "--json", env=no_admin)
     assert [m["text"] for m in tail.json_lines()] == ["from the bot"]
+    # Without --name, the post is signed with the token's identity, as over HTTP; the
+    # admin token has none: "roomctl".
+    assert [m["sender"] for m in tail.json_lines()] == ["ci-bot"]
+    assert (await roomctl(sp, "post", ROOM, "from the admin")).rc == 0
+    tail = await roomctl(sp, "tail", ROOM, "--no-follow", "--json", env=no_admin)
+    assert [m["sender"] for m in tail.json_lines()] == ["ci-bot", "roomctl"]
     plain = await roomctl(sp, "token", "create", "-r", ROOM, "-i", "x")
     assert plain.rc == 0 and plain.out.count(".") == 2 and plain.out.endswith("\n")
 
