@@ -359,10 +359,11 @@ class Daemon:
         elif isinstance(fact, TokenIssued):
             self.counters["tokens_issued"] += 1
             grants = ",".join(fact.grants)
-            log.info("issued a join token for room %r to identity %r (grants %s, valid %g s)",
-                     fact.room, fact.identity, grants, fact.ttl,
+            log.info("issued a join token for room %r to identity %r (grants %s, valid %s)",
+                     fact.room, fact.identity, grants, _span(fact.ttl),
                      extra={"event": "token-issued", "room": fact.room,
-                            "identity": fact.identity, "grants": grants})
+                            "identity": fact.identity, "grants": grants,
+                            "ttl": fact.ttl})
         elif isinstance(fact, AccessRefused):
             self.counters["refused_hellos"] += 1
             conn = self.connections.get(fact.conn)
@@ -892,6 +893,14 @@ class Daemon:
 
 
 _json_encode = msgspec.json.Encoder().encode
+
+
+def _span(seconds: float) -> str:
+    """Return a duration as people write it: 90 d, 12 h, 10 min, 45 s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _json(status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:

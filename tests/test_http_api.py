@@ -97,7 +97,7 @@ async def test_create_a_room_from_json_or_a_form(srv: Server) -> None:
 
 
 @pytest.mark.parametrize(("body", "status", "wanted"), [
-    ({"name": "-bad-"}, 400, "name"),
+    ({"name": "-bad-"}, 400, "name: 1-64 letters, digits"),
     ({"name": "x", "max_participant": 3}, 400, "unknown field `max_participant`"),
     ({"name": "x", "max_participants": 0}, 400, "max_participants"),
     ({}, 400, "missing required field `name`"),

@@ -84,6 +84,7 @@ async def test_rooms_kicks_and_tokens_get_one_line_each_and_no_token_is_logged(
     [token_line] = events(caplog, "token-issued")
     assert (token_line.room, token_line.identity, token_line.grants) == \
         ("ops", "ci-bot", "join,post")
+    assert token_line.getMessage().endswith("(grants join,post, valid 1 h)")  # not 3600 s
     [deleted] = events(caplog, "room-deleted")
     assert deleted.room == "ops"
     [stopped] = events(caplog, "stopped")

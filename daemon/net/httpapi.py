@@ -328,6 +328,22 @@ def _form(body: bytes, kind: type[Any]) -> dict[str, Any]:
     return fields
 
 
+_AT_FIELD = re.compile(r" - at `\$\.(?P<field>[A-Za-z_]+)`$")
+
+
+def _in_words(exc: msgspec.ValidationError, kind: type) -> str:
+    """Return a decoder's refusal of a body as the field's rule in words when the field's
+    type says it ("name: 1-64 letters, digits, ..."), else the decoder's message."""
+    found = _AT_FIELD.search(str(exc))
+    if found is not None:
+        hint = typing.get_type_hints(kind, include_extras=True).get(found["field"])
+        for candidate in (hint, *typing.get_args(hint)):
+            for meta in getattr(candidate, "__metadata__", ()):
+                if isinstance(meta, msgspec.Meta) and meta.description:
+                    return f"{found['field'].replace('_', ' ')}: {meta.description}"
+    return str(exc)
+
+
 def _decode_body(request: HttpRequest, kind: type[T], accepted: Sequence[str]) -> T:
     """Return the JSON (or form) body as ``kind``; raise ApiError 400 or 415."""
     media = _media_type(request)
@@ -337,7 +353,8 @@ def _decode_body(request: HttpRequest, kind: type[T], accepted: Sequence[str]) -
         if media == _FORM and _FORM in accepted:
             return msgspec.convert(_form(request.body, kind), kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise ApiError(400, ErrorCode.BAD_REQUEST, f"invalid body: {exc}") from None
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"invalid body: {_in_words(exc, kind)}"
+                       ) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, ErrorCode.BAD_REQUEST, f"malformed JSON: {exc}") from None
     raise ApiError(415, ErrorCode.BAD_REQUEST,
