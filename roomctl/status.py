@@ -16,7 +16,7 @@ import typer
 from roomctl import output
 from roomctl.errors import CliError, ExitCode
 from roomctl.httpclient import request
-from roomctl.options import Context, client_command, fail
+from roomctl.options import Context, client_command
 from roomctl.target import Credential, Target
 
 _SOURCES = {"flag": "--token", "environment": "ROOMCTL_TOKEN", "profile": "profile",
@@ -82,7 +82,9 @@ def _print(report: dict[str, Any]) -> None:
         lines.append(("token", "none (open rooms only)"))
     else:
         where = _where(token, report["profile"] and report["profile"]["name"])
-        if token["valid"] is None:
+        if token.get("unreadable"):
+            lines.append(("token", f"from {where}; {token['error']}"))
+        elif token["valid"] is None:
             lines.append(("token", f"from {where}; not checked (no daemon)"))
         elif not token["valid"]:
             lines.append(("token", f"from {where}; refused: {token['error']}"))
@@ -111,10 +113,15 @@ def status(ctx: Context) -> None:
     daemon = _daemon(target)
     try:
         credential = target.credential()
+    except CliError as exc:  # a profile's token file that cannot be read: say so too
+        token: dict[str, Any] | None = {
+            "source": target.token_source or "profile",
+            "file": str(target.token_file) if target.token_file is not None else None,
+            "valid": False, "unreadable": True, "error": exc.message, "kind": None,
+            "grants": [], "room": None, "identity": None, "expires_at": None}
+    else:
         token = None if credential is None else _token(target, credential,
                                                        daemon["reachable"])
-    except CliError as exc:
-        fail(exc.message, exc.exit_code)
     profile = None
     if target.profile is not None:
         from roomctl.profiles import config_file
@@ -125,6 +132,8 @@ def status(ctx: Context) -> None:
         output.emit_json(report)
     else:
         _print(report)
+    if token is not None and token.get("unreadable"):
+        raise typer.Exit(int(ExitCode.UNAUTHORIZED))
     if not daemon["reachable"]:
         raise typer.Exit(daemon["exit"])
     if token is not None and token["valid"] is False:

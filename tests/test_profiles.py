@@ -316,6 +316,17 @@ def test_a_token_file_that_cannot_be_read_exits_4_naming_it(tmp_path: Path) -> N
                                   'token_file = "gone.token"\n')
     line = _fails(tmp_path, "--profile", "a", rc=4)
     assert str(path.parent / "gone.token") in line and "profile 'a'" in line, line
+    # status, the command to run when another is refused, reports it (and the rest).
+    shown = run_cli("status", "--json", "--profile", "a", "--timeout", "2s",
+                    env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert shown.rc == 4, shown.err
+    token = json.loads(shown.out)["token"]
+    assert (token["source"], token["valid"], token["file"]) == (
+        "profile", False, str(path.parent / "gone.token"))
+    assert "gone.token" in token["error"]
+    human = run_cli("status", "--profile", "a", "--timeout", "2s",
+                    env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert human.rc == 4 and "gone.token" in human.out, human.out
 
 
 def test_no_config_file_and_no_profile_is_no_error(tmp_path: Path) -> None:
