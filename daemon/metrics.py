@@ -67,7 +67,8 @@ GAUGES: Final[Mapping[str, str]] = {
     "connections": "Connections open, by kind: room and admin WebSockets, and http for plain "
                    "HTTP requests and handshakes under way.",
     "start_time_seconds": "When the daemon started, in seconds since the Unix epoch.",
-    "build_info": "Always 1; the version label says which roomctl runs.",
+    "build_info": "Always 1; the version label says which roomctl runs, node which node "
+                  "of several (--node-id) or which host.",
 }
 CONNECTION_KINDS: Final = ("room", "admin", "http")
 
@@ -138,6 +139,7 @@ class Gauges:
     connections: Mapping[str, int]  # by kind, CONNECTION_KINDS
     start_time_seconds: float
     version: str
+    node: str  # --node-id with several nodes; else this host's name
 
 
 @dataclass(eq=False)  # the registry keys collectors by identity
@@ -158,8 +160,8 @@ class DaemonCollector(Collector):
             connections.add_metric([kind], state.connections.get(kind, 0))
         yield connections
         info = GaugeMetricFamily(PREFIX + "build_info", GAUGES["build_info"],
-                                 labels=["version"])
-        info.add_metric([state.version], 1)
+                                 labels=["version", "node"])
+        info.add_metric([state.version, state.node], 1)
         yield info
         for key, text in COUNTERS.items():
             # prometheus_client adds the _total suffix to a counter family's samples.

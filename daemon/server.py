@@ -63,6 +63,7 @@ import functools
 import logging
 import math
 import re
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -515,7 +516,9 @@ class Daemon:
             sessions=self.engine.session_count(),
             connections={"room": websockets - admin, "admin": admin,
                          "http": max(self.tcp_connections - websockets, 0)},
-            start_time_seconds=round(self.started_at, 3), version=VERSION)
+            start_time_seconds=round(self.started_at, 3), version=VERSION,
+            node=self.cluster.node if self.cluster is not None
+            else self.config.node_id or socket.gethostname())
 
     def status(self) -> str:
         """One line for the service manager: rooms, participants and connections now."""

@@ -185,6 +185,11 @@ async def test_redis_unreachable_is_an_error_and_healthz_says_so_until_it_return
     assert [(m["seq"], m["text"]) for m in log] == [(1, "one"), (2, "two")]
 
 
+def _metrics_text(node: Node) -> str:
+    with urllib.request.urlopen(node.http + "/metrics", timeout=WAIT) as response:
+        return str(response.read().decode())
+
+
 async def _degraded(node: Node) -> tuple[int, dict[str, Any]] | None:
     status, body = health(node)
     return (status, body) if status == 503 else None
@@ -489,6 +494,14 @@ async def test_the_http_api_on_any_node_reaches_the_room_where_its_owner_is(
                           token=admin)
         assert [r["name"] for r in listed.json()["rooms"]] == ["ci", "ops"]
         assert ([r["name"] for r in rest.json()["rooms"]], rest.json()["next"]) == (["qa"], None)
+    # Each node's metrics say which node they are.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for node in (a, b):
+        text = await trio.to_thread.run_sync(_metrics_text, node)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        [info] = families["roomctl_build_info"].samples
+        assert info.labels["node"] == node.name, info
     assert await owner_of(cluster, "ops") == "a"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,7 +128,8 @@ async def test_the_exposition_is_prometheus_text_with_help_and_type_for_every_me
     # The hello (which made the room) and the message were acknowledged after commits.
     assert observations(parsed, "roomctl_ack_latency_seconds") == 2
     assert observations(parsed, "roomctl_store_batch_size") >= 1
-    assert value(parsed["roomctl_build_info"], version=daemon.VERSION) == 1
+    assert value(parsed["roomctl_build_info"], version=daemon.VERSION,
+                 node=socket.gethostname()) == 1  # one daemon: its host
     # A Unix time, from moments ago (the fixture started the daemon for this test).
     assert time.time() - 600 < gauge["roomctl_start_time_seconds"] <= time.time()
     # prometheus_client's process metrics, about this very process.
