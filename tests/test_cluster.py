@@ -542,3 +542,27 @@ async def test_post_lines_waits_out_a_redis_outage_and_stores_each_line_once(
     assert [json.loads(line)["line"] for line in out.splitlines()] == [2, 3, 4], err
     log = await history(a, "ops")
     assert [m["text"] for m in log] == ["before", "during 1", "during 2", "after"]
+
+
+async def test_max_rooms_counts_the_rooms_of_every_node(tmp_path: pathlib.Path) -> None:
+    # --max-rooms holds for the cluster: two rooms made on two nodes fill a limit of 2,
+    # though each node has loaded one. (Counted from each node's listing of the cluster's
+    # rooms, refreshed every 2 s: hence the wait.)
+    with running_cluster(tmp_path, "a", "b", args=("--max-rooms", "2")) as cluster:
+        a, b = cluster.nodes["a"], cluster.nodes["b"]
+        assert roomctl(a, "room", "create", "one").returncode == 0
+        assert roomctl(b, "room", "create", "two").returncode == 0
+
+        async def both_listed() -> bool:
+            listed = roomctl(a, "room", "list", "--json")
+            return len(json.loads(listed.stdout)) == 2
+
+        await eventually(both_listed)
+        await trio.sleep(2.5)  # a's own refresh of the listing has run since
+        third = roomctl(a, "room", "create", "three")
+        assert third.returncode == 1, third.stderr
+        assert "limit-reached" in third.stderr or "maximum of 2 rooms" in third.stderr, \
+            third.stderr
+        assert roomctl(b, "room", "delete", "two", "--yes").returncode == 0
+        await trio.sleep(2.5)
+        assert roomctl(a, "room", "create", "three").returncode == 0

@@ -1572,6 +1572,20 @@ def test_require_tokens_makes_auto_created_and_admin_created_rooms_private() -> 
     assert engine.room_info(engine.rooms[ROOM]).private is True
 
 
+def test_max_rooms_counts_the_rooms_other_nodes_hold() -> None:
+    engine = make_engine(max_rooms=2)
+    engine.hello(ALICE, ROOM, Hello(name="alice"), T0)
+    # The cluster's listing names this node's room too: it is counted once.
+    engine.rooms_elsewhere = frozenset({ROOM})
+    engine.admin(ADMIN, adm.CreateRoom(room="second", ref="c"), T0)
+    assert set(engine.rooms) == {ROOM, "second"}
+    # Two rooms here and one on another node: a limit of 3 is reached.
+    engine.max_rooms = 3
+    engine.rooms_elsewhere = frozenset({ROOM, "second", "on-b"})
+    assert engine.admin(ADMIN, adm.CreateRoom(room="third", ref="c"), T0) == [
+        error(ADMIN, ErrorCode.LIMIT_REACHED, "c")]
+
+
 def test_room_limits() -> None:
     engine = make_engine(max_rooms=1, max_participants=1)
     engine.hello(ALICE, ROOM, Hello(name="alice"), T0)

@@ -357,6 +357,8 @@ class ClusterNode:
             rooms = [engine.stored_room_info(record, count)
                      for record, count in await self.writer.list_rooms()]
             self.listing = [room for room in rooms if room is not None]
+            # --max-rooms counts the cluster's rooms (as of this listing: every 2 s).
+            engine.rooms_elsewhere = frozenset(room.name for room in self.listing)
         return self.listing
 
     async def _refresh(self) -> None:

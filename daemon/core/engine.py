@@ -184,6 +184,9 @@ class Engine:
         self.auto_create = auto_create
         self.require_tokens = require_tokens  # every room is private
         self.max_rooms = max_rooms
+        # With several nodes (daemon.cluster keeps it current): the cluster's stored rooms,
+        # so that max_rooms holds for the cluster, not for each node's loaded rooms.
+        self.rooms_elsewhere: frozenset[str] = frozenset()
         self.max_participants = max_participants  # per room, hidden observers not counted
         self.empty_timeout = empty_timeout  # math.inf: implicit rooms are kept too
         self.limits = limits  # what a welcome tells a connection it may do
@@ -732,7 +735,10 @@ class Engine:
         Below ``max_rooms`` that is nothing; at the limit, the early removal of the room
         that has waited longest for its removal timer.
         """
-        if self.max_rooms is None or len(self.rooms) < self.max_rooms:
+        if self.max_rooms is None:
+            return []
+        held = len(self.rooms) + len(self.rooms_elsewhere - self.rooms.keys())
+        if held < self.max_rooms:
             return []
         for name in self._idle:
             return [CancelTimer(empty_timer(name)), *self._expire(name)]
