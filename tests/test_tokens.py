@@ -325,3 +325,26 @@ async def test_refused_tokens_exit_4_with_one_line(daemon_process: ServeProcess)
     assert listing.rc == 4 and "forbidden" in one_error_line(listing)
     bad_grant = await roomctl(sp, "token", "create", "-r", ROOM, "-i", "z", "-g", "root")
     assert bad_grant.rc == 2
+
+
+async def test_token_create_signs_locally_while_the_local_daemon_is_down(
+        serve_process: Callable[..., ServeProcess], tmp_path: Any) -> None:
+    # A daemon of this machine, stopped: token create signs with its data directory's
+    # join-secret, says so, exits 0; the daemon takes the token once it runs again.
+    data_dir = tmp_path / "data"
+    first = serve_process("--log-level", "warning", data_dir=data_dir)
+    assert (await roomctl(first, "room", "create", ROOM)).rc == 0
+    first.proc.terminate()
+    assert await trio.to_thread.run_sync(lambda: first.proc.wait(timeout=15)) == 0
+    made = await roomctl(first, "token", "create", "--room", ROOM, "--identity", "ci",
+                         "--grant", "post")
+    assert made.rc == 0, made.err
+    token = made.out.strip()
+    assert token.count(".") == 2
+    [note] = made.err.splitlines()
+    assert "signed" in note and str(data_dir) in note, note
+    again = serve_process("--log-level", "warning", "--port", str(first.port),
+                          data_dir=data_dir)
+    posted = await roomctl(again, "post", ROOM, "signed offline", "--json",
+                           env={"ROOMCTL_DATA_DIR": "/nonexistent", "ROOMCTL_TOKEN": token})
+    assert posted.rc == 0, posted.err
