@@ -133,7 +133,21 @@ async def admin(node: Node) -> AsyncIterator[Client]:
 
 
 async def history(node: Node, room: str) -> list[dict[str, Any]]:
-    """Every message of ``room``, read through ``node`` (as a hidden observer)."""
+    """Every message of ``room``, read through ``node`` (as a hidden observer).
+
+    Like any client, it reconnects when the room moves meanwhile (4014: its owner changed
+    after a node or Redis came back), a few times."""
+    for _ in range(20):
+        try:
+            return await _read_history(node, room)
+        except trio_websocket.ConnectionClosed as exc:
+            if exc.reason is None or exc.reason.code != 4014:
+                raise
+            await trio.sleep(0.2)
+    return await _read_history(node, room)
+
+
+async def _read_history(node: Node, room: str) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     async with client(node, room) as observer:
         welcome = await observer.hello(None, hidden=True, token=node.admin_token, create=False)
