@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -244,6 +245,20 @@ class ServeProcess(_Address):
     @property
     def http(self) -> str:
         return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        token = read_admin_token(self.data_dir)
+        assert token
+        return token
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a daemon restarted on it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def start_serve(data_dir: pathlib.Path, *args: str, env: dict[str, str] | None = None,

@@ -33,7 +33,6 @@ from typing import Any
 import pytest
 import trio
 
-from daemon.config import read_admin_token
 from daemon.net.httpapi import ENDPOINTS
 from protocol import Grant
 from tests.cli_util import Result
@@ -169,22 +168,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     sp.proc.wait(timeout=15)
 
 
-def admin_token(sp: ServeProcess) -> str:
-    token = read_admin_token(sp.data_dir)
-    assert token
-    return token
-
-
 _rooms = itertools.count(1)
 
 
 async def private_room(sp: ServeProcess) -> str:
     """Create a new private room holding one message (seq 1); return its name."""
     room = f"grants-{next(_rooms)}"
-    made = await call(sp, "POST", "/v1/rooms", token=admin_token(sp),
+    made = await call(sp, "POST", "/v1/rooms", token=sp.admin_token,
                       json_body={"name": room, "private": True})
     assert made.status == 201, made.body
-    posted = await call(sp, "POST", f"/v1/rooms/{room}/messages", token=admin_token(sp),
+    posted = await call(sp, "POST", f"/v1/rooms/{room}/messages", token=sp.admin_token,
                         json_body={"text": "first"})
     assert posted.status == 201 and posted.json()["seq"] == 1, posted.body
     return room
@@ -195,7 +188,7 @@ async def join_token(sp: ServeProcess, room: str, grants: frozenset[str] | None)
     body: dict[str, Any] = {"identity": "holder"}
     if grants is not None:
         body["grants"] = sorted(grants)
-    issued = await call(sp, "POST", f"/v1/rooms/{room}/tokens", token=admin_token(sp),
+    issued = await call(sp, "POST", f"/v1/rooms/{room}/tokens", token=sp.admin_token,
                         json_body=body)
     assert issued.status == 201, issued.body
     return str(issued.json()["token"])
@@ -204,8 +197,8 @@ async def join_token(sp: ServeProcess, room: str, grants: frozenset[str] | None)
 @asynccontextmanager
 async def people(sp: ServeProcess, room: str) -> AsyncIterator[Client]:
     """Two participants in ``room``: alice (for ``wait``) and victim (for ``kick``)."""
-    async with participant(sp, room, "alice", token=admin_token(sp)), \
-            participant(sp, room, "victim", token=admin_token(sp)) as victim:
+    async with participant(sp, room, "alice", token=sp.admin_token), \
+            participant(sp, room, "victim", token=sp.admin_token) as victim:
         yield victim
 
 
@@ -278,7 +271,7 @@ async def test_each_command_runs_with_the_grants_the_table_names_and_no_fewer(
             else:
                 assert refused.rc == 4, refused.err
                 assert "needs the admin token" in error_line(refused)
-            done = await run_command(daemon, command, room, admin_token(daemon))
+            done = await run_command(daemon, command, room, daemon.admin_token)
             assert done.rc == 0, done.err + done.out
             return
         for grant in sorted(needs.alternatives[0]):
@@ -355,7 +348,7 @@ async def test_each_request_is_answered_with_the_grants_the_table_names_and_no_f
             refused = await send(daemon, request_line, room, victim_id, every_grant)
             assert refused.status == 403 and refused.error["code"] == "forbidden", refused.body
             assert "needs the admin token" in refused.error["message"]
-            done = await send(daemon, request_line, room, victim_id, admin_token(daemon))
+            done = await send(daemon, request_line, room, victim_id, daemon.admin_token)
             assert done.status == SUCCESS[request_line], done.body
             return
         for grant in sorted(needs.alternatives[0]):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,7 +26,15 @@ from daemon.net.httpapi import ENDPOINTS
 from daemon.net.openapi import document
 from protocol import http as api
 from protocol.http import HTTP_STATUS
-from tests.conftest import WAIT, Client, ServeProcess, Server, closing, running_server
+from tests.conftest import (
+    WAIT,
+    Client,
+    ServeProcess,
+    Server,
+    closing,
+    free_port,
+    running_server,
+)
 from tests.http_util import Answer, call, open_events
 
 ROOM = "ops"
@@ -425,16 +432,9 @@ async def test_a_dropped_event_stream_leaves_no_session(srv: Server) -> None:
             await trio.sleep(0.05)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_last_event_id_resumes_across_a_daemon_restart_with_nothing_lost_or_repeated(
         serve_process: Callable[..., ServeProcess], tmp_path: Any) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     data_dir = tmp_path / "data"
     sp = serve_process("--port", port, "--log-level", "warning", data_dir=data_dir)
     token = (data_dir / "admin-token").read_text().strip()

@@ -23,7 +23,6 @@ import os
 import pathlib
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import msgspec
 import trio
 
 from protocol.chat import ChatMessage
-from tests.conftest import ROOT, ServeProcess
+from tests.conftest import ROOT, ServeProcess, free_port
 from tests.http_util import call
 
 ROUNDS = int(os.environ.get("KILL_ROUNDS", "8"))
@@ -58,19 +57,12 @@ def stored_lines(db: pathlib.Path) -> list[tuple[int, str]]:
         return [(seq, decode(body).text) for seq, body in rows]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_every_line_is_stored_exactly_once_across_sigkills_between_commit_and_ack(
         serve_process: Callable[..., ServeProcess], tmp_path: pathlib.Path) -> None:
     seed = int(os.environ.get("KILL_SEED", random.randrange(1_000_000)))
     rng = random.Random(seed)
     print(f"\nKILL_SEED={seed}")
-    port, data_dir = _free_port(), tmp_path / "data"
+    port, data_dir = free_port(), tmp_path / "data"
     args = ("--port", str(port), "--log-level", "warning")
     sp = serve_process(*args, data_dir=data_dir)
     token = (data_dir / "admin-token").read_text().strip()

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import trustme
 
-from daemon.config import read_admin_token
 from protocol.local import DEFAULT_URL
 from tests.cli_util import Result, one_error_line, run_cli
 from tests.conftest import ROOT, ServeProcess, start_serve
@@ -66,12 +65,6 @@ def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServePro
         sp.proc.wait(timeout=15)
 
 
-def admin_token(sp: ServeProcess) -> str:
-    token = read_admin_token(sp.data_dir)
-    assert token
-    return token
-
-
 def write_config(home: Path, text: str) -> Path:
     """Write ``home/roomctl/config.toml``; return its path."""
     path = home / "roomctl" / "config.toml"
@@ -97,9 +90,9 @@ token_file = "a.token"
 url = "{b.http}"
 token_file = "tokens/b.token"
 """)
-    (path.parent / "a.token").write_text(admin_token(a) + "\n")
+    (path.parent / "a.token").write_text(a.admin_token + "\n")
     (path.parent / "tokens").mkdir()
-    (path.parent / "tokens" / "b.token").write_text(admin_token(b) + "\n")
+    (path.parent / "tokens" / "b.token").write_text(b.admin_token + "\n")
     return home
 
 
@@ -154,7 +147,7 @@ def test_status_names_the_profile_and_the_token_file_it_read(
 def test_the_url_comes_from_the_option_then_the_variable_then_the_profile_then_the_default(
         config_home: Path, tmp_path: Path, daemons: tuple[ServeProcess, ServeProcess]) -> None:
     a, b = daemons
-    token_b = admin_token(b)
+    token_b = b.admin_token
     # The variable wins over the profile (a): B answers, with the token given for it.
     by_variable = cli("room", "list", "--json", config_home=config_home, ROOMCTL_URL=b.http,
                       ROOMCTL_TOKEN=token_b)
@@ -173,7 +166,7 @@ def test_the_url_comes_from_the_option_then_the_variable_then_the_profile_then_t
 def test_the_token_comes_from_the_option_then_the_variable_then_the_profile(
         config_home: Path, daemons: tuple[ServeProcess, ServeProcess]) -> None:
     a, b = daemons
-    token_b = admin_token(b)
+    token_b = b.admin_token
     # Profile a's token goes with a's URL only: pointed at B, the command does not send it
     # (as gh keeps a token per host).
     elsewhere = cli("status", "--json", "--url", b.http, config_home=config_home)
@@ -203,7 +196,7 @@ def test_a_profile_s_inline_token_and_data_dir_are_used(
     write_config(home, f"""
 [profiles.inline]
 url = "{b.http}"
-token = "{admin_token(b)}"
+token = "{b.admin_token}"
 
 [profiles.local]
 url = "{a.http}"
@@ -249,7 +242,7 @@ ca_file = "nowhere.pem"
         (path.parent / "certs").mkdir()
         ca.cert_pem.write_to_path(str(path.parent / "certs" / "ca.pem"))
         (home / "secrets").mkdir()
-        (home / "secrets" / "tls.token").write_text(admin_token(tls))
+        (home / "secrets" / "tls.token").write_text(tls.admin_token)
         assert tls.http.startswith("https://")
         assert rooms(cli("room", "list", "--json", config_home=home)) == ["on-tls"]
         missing = cli("room", "list", "--profile", "missing", config_home=home)
