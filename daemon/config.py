@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
@@ -243,6 +244,17 @@ class Config:
             except ValueError as exc:
                 raise ConfigError("allowed_origins", str(exc)) from None
         object.__setattr__(self, "allowed_origins", tuple(dict.fromkeys(origins)))
+
+    def node_name(self) -> str:
+        """This daemon's name in its logs and metrics, and its node id with ``redis``:
+        ``node_id``, else ``<host name>-<port>`` with ``redis`` (a random suffix for port 0,
+        whose real port is not known yet: ask once and keep it), else the host's name."""
+        if self.node_id is not None:
+            return self.node_id
+        if self.redis is None:
+            return socket.gethostname()
+        suffix = str(self.port) if self.port else secrets.token_hex(3)
+        return f"{socket.gethostname()}-{suffix}"
 
     @property
     def db_path(self) -> Path | None:

@@ -84,16 +84,19 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
 
 
-def configure(level: str, log_format: str, stream: IO[str]) -> logging.Formatter:
+def configure(level: str, log_format: str, stream: IO[str], *,
+              node: str | None = None) -> logging.Formatter:
     """Send every log record at ``level`` or above to ``stream`` in ``log_format``.
 
     ``log_format`` is one of LOG_FORMATS; ``auto`` means text when ``stream`` is a
     terminal and JSON lines otherwise (a service manager's journal, a pipe, a file).
-    Replaces the root logger's handlers; returns the formatter installed.
+    ``node`` names the daemon in JSON lines (``Config.node_name``; the host's name without
+    it). Replaces the root logger's handlers; returns the formatter installed.
     """
     if log_format == "auto":
         log_format = "text" if stream.isatty() else "json"
-    formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    formatter: logging.Formatter = JsonFormatter(node) if log_format == "json" \
+        else TextFormatter()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -63,7 +63,6 @@ import functools
 import logging
 import math
 import re
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -517,8 +516,7 @@ class Daemon:
             connections={"room": websockets - admin, "admin": admin,
                          "http": max(self.tcp_connections - websockets, 0)},
             start_time_seconds=round(self.started_at, 3), version=VERSION,
-            node=self.cluster.node if self.cluster is not None
-            else self.config.node_id or socket.gethostname())
+            node=self.cluster.node if self.cluster is not None else self.config.node_name())
 
     def status(self) -> str:
         """One line for the service manager: rooms, participants and connections now."""

@@ -217,7 +217,11 @@ def serve(ctx: typer.Context, **values: Any) -> None:
                            port=config.port, shutdown_timeout=config.shutdown_timeout),
               end="", flush=True)
         return
-    configure(logs["log_level"], logs["log_format"].lower(), sys.stderr)
+    if config.redis is not None and config.node_id is None:
+        # Named once, so that its logs, its metrics and the cluster say the same name.
+        config = dataclasses.replace(config, node_id=config.node_name())
+    configure(logs["log_level"], logs["log_format"].lower(), sys.stderr,
+              node=config.node_name())
     if rotate:
         _rotate(config.data_dir, config.redis)
         return

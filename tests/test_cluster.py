@@ -502,6 +502,10 @@ async def test_the_http_api_on_any_node_reaches_the_room_where_its_owner_is(
         families = {f.name: f for f in text_string_to_metric_families(text)}
         [info] = families["roomctl_build_info"].samples
         assert info.labels["node"] == node.name, info
+        # and so do its log lines (JSON: the log is a file), one name for both.
+        lines = [json.loads(line) for line in node.log.read_text().splitlines()
+                 if line.startswith("{")]
+        assert lines and {line["node"] for line in lines} == {node.name}
     assert await owner_of(cluster, "ops") == "a"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 
 import coredis
 import msgspec
@@ -23,11 +22,6 @@ from daemon.cluster.redis import UNREACHABLE
 log = logging.getLogger(__name__)
 
 _NO_ANSWER: tuple[type[BaseException], ...] = (trio.TooSlowError, *UNREACHABLE)
-
-
-def default_node_id(port: int) -> str:
-    """Return a node id stable across restarts of one daemon: ``<host name>-<port>``."""
-    return f"{socket.gethostname()}-{port}"
 
 
 class NodeInfo(msgspec.Struct, frozen=True):

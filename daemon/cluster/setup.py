@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,15 +39,6 @@ class ClusterParts:
     writer: RedisWriter
     ownership: Ownership
     nodes: Nodes
-
-
-def node_id(config: Config) -> str:
-    """Return this node's id: the configured one, else ``<host name>-<port>`` (with a
-    random suffix for port 0, whose real port is not known yet)."""
-    if config.node_id is not None:
-        return config.node_id
-    suffix = str(config.port) if config.port else secrets.token_hex(3)
-    return f"{socket.gethostname()}-{suffix}"
 
 
 @asynccontextmanager
@@ -86,7 +76,7 @@ async def _join(redis: coredis.Redis[bytes], config: Config, version: str) -> Cl
     except UNREACHABLE as exc:
         raise RedisSetupError(f"cannot reach Redis at {describe(url)}: "
                               f"{exc or type(exc).__name__}") from None
-    node = node_id(config)
+    node = config.node_name()
     ownership = Ownership(redis, node, ttl=config.redis_lease)
     writer = RedisWriter(redis, owner_of=ownership.owner_of, on_fenced=lambda room: None)
     nodes = Nodes(redis, NodeInfo(node=node, version=version, started_at=time.time(),
