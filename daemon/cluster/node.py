@@ -57,7 +57,7 @@ from daemon.cluster.store import RedisWriter, Unreachable
 from daemon.config import Config
 from daemon.core.access import Access
 from daemon.core.effects import Effect
-from daemon.core.engine import Engine
+from daemon.core.engine import Engine, page_of_names
 from daemon.net import wire
 from daemon.net.transport import Closed, Transport
 from protocol import Codec, ErrorCode, Event, Request, WireFormat
@@ -304,16 +304,11 @@ class ClusterNode:
         there, and its reply comes back to ``transport``.
         """
         if isinstance(frame, adm.ListRooms):
-            rooms = await self._list(fresh=True)
-            visible = sorted((r for r in rooms
-                              if (access.is_admin or r.name == access.room)
-                              and (frame.after is None or r.name > frame.after)),
-                             key=lambda r: r.name)
-            following = None  # paged as the engine pages its own rooms
-            if frame.limit is not None and len(visible) > frame.limit:
-                visible = visible[:frame.limit]
-                following = visible[-1].name
-            self._write(transport, fmt, adm.RoomList(ref=frame.ref, rooms=visible,
+            visible = {r.name: r for r in await self._list(fresh=True)
+                       if access.is_admin or r.name == access.room}
+            names, following = page_of_names(visible, frame.after, frame.limit)
+            self._write(transport, fmt, adm.RoomList(ref=frame.ref,
+                                                     rooms=[visible[n] for n in names],
                                                      next=following))
             return True
         room = getattr(frame, "room", None)

@@ -151,6 +151,16 @@ class MissingGrant(ProtocolError):
         self.grant = grant
 
 
+
+def page_of_names(names: Iterable[str], after: str | None, limit: int | None
+                  ) -> tuple[list[str], str | None]:
+    """Return a page of ``list-rooms``: the first ``limit`` names (all without it) that
+    sort after ``after``, and the ``after`` of the next page (None on the last)."""
+    chosen = sorted(name for name in names if after is None or name > after)
+    if limit is not None and len(chosen) > limit:
+        return chosen[:limit], chosen[limit - 1]
+    return chosen, None
+
 class Engine:
     """All room state of one daemon. See the module docstring for how it is driven."""
 
@@ -941,13 +951,9 @@ class Engine:
     @handles(adm.ListRooms)
     def _list_rooms(self, conn: ConnId, request: adm.ListRooms, now: float,
                     access: Access) -> list[Effect]:
-        names = sorted(name for name in self.rooms
-                       if (access.is_admin or name == access.room)
-                       and (request.after is None or name > request.after))
-        following = None
-        if request.limit is not None and len(names) > request.limit:
-            names = names[:request.limit]
-            following = names[-1]
+        names, following = page_of_names(
+            (name for name in self.rooms if access.is_admin or name == access.room),
+            request.after, request.limit)
         rooms = [self.room_info(self.rooms[name]) for name in names]
         return [Send((conn,), adm.RoomList(ref=request.ref, rooms=rooms, next=following))]
 
