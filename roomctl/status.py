@@ -35,14 +35,16 @@ def _daemon(target: Target) -> dict[str, Any]:
             "connections": body.get("connections")}
 
 
+def _about(source: str, file: Path | None, **known: Any) -> dict[str, Any]:
+    """The report's ``token``: where it came from; what it is, as far as ``known``."""
+    return {"source": source, "file": str(file) if file is not None else None,
+            "valid": None, "kind": None, "grants": [], "room": None, "identity": None,
+            "expires_at": None, **known}
+
+
 def _token(target: Target, credential: Credential, reachable: bool) -> dict[str, Any]:
     """Return the token's source, and what the daemon says it is (when it answers)."""
-    about: dict[str, Any] = {
-        "source": credential.source,
-        "file": str(credential.file) if credential.file is not None else None,
-        "valid": None, "kind": None, "grants": [], "room": None, "identity": None,
-        "expires_at": None,
-    }
+    about = _about(credential.source, credential.file)
     if not reachable:
         return about
     answer = request(target, "GET", "/v1/whoami", token=credential.token)
@@ -114,11 +116,9 @@ def status(ctx: Context) -> None:
     try:
         credential = target.credential()
     except CliError as exc:  # a profile's token file that cannot be read: say so too
-        token: dict[str, Any] | None = {
-            "source": target.token_source or "profile",
-            "file": str(target.token_file) if target.token_file is not None else None,
-            "valid": False, "unreadable": True, "error": exc.message, "kind": None,
-            "grants": [], "room": None, "identity": None, "expires_at": None}
+        token: dict[str, Any] | None = _about(target.token_source, target.token_file,
+                                              valid=False, unreadable=True,
+                                              error=exc.message)
     else:
         token = None if credential is None else _token(target, credential,
                                                        daemon["reachable"])
